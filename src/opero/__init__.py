@@ -1,0 +1,47 @@
+"""opero: resilient function calls.
+
+`@opero` makes one sync or async call resilient (cache, parameter-based fallback,
+retries with backoff and jitter, rate limit); `@opmap` maps such a function over many
+items. Logging goes through loguru and is silent until ``logger.enable("opero")``.
+"""
+
+from __future__ import annotations
+
+from opero.decorators.opero import opero
+from opero.decorators.opmap import opmap
+from opero.exceptions import (
+    AllFailedError,
+    OperoError,
+    OpmapError,
+    RemoteError,
+    WorkerCrashedError,
+)
+from opero.utils.logging import disable_if_loguru_loaded
+
+__all__ = [
+    "AllFailedError",
+    "OperoError",
+    "OpmapError",
+    "RemoteError",
+    "WorkerCrashedError",
+    "__version__",
+    "opero",
+    "opmap",
+]
+
+disable_if_loguru_loaded()
+
+
+def __getattr__(name: str) -> str:
+    # The version is read from the installed metadata on first use only: importlib.metadata
+    # is too slow to import with opero itself.
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("opero")
+        except PackageNotFoundError:
+            found = "0.0.0+unknown"
+        globals()["__version__"] = found
+        return found
+    raise AttributeError(f"module 'opero' has no attribute {name!r}")

@@ -1,0 +1,96 @@
+"""`python -m opero demo`: opero against a simulated flaky service (no network)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+from opero import AllFailedError, opero
+
+
+class FlakyService:
+    """Stands in for a remote API: fails the first `failures` calls of each model."""
+
+    def __init__(self, failures: dict[str, int]) -> None:
+        self.failures = dict(failures)
+        self.calls: list[str] = []
+
+    def complete(self, prompt: str, model: str) -> str:
+        self.calls.append(model)
+        left = self.failures.get(model, 0)
+        if left == -1:
+            raise RuntimeError(f"model {model!r} is down")
+        if left > 0:
+            self.failures[model] = left - 1
+            raise ConnectionError(f"{model!r}: connection reset")
+        return f"[{model}] answer to {prompt!r}"
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _retries_scenario() -> None:
+    _say("\n1. A call that succeeds after two failed attempts")
+    service = FlakyService({"a": 2})
+
+    @opero(cache=False, retries=3, min_delay=0.05, backoff_factor=2)
+    def ask(prompt: str, model: str = "a") -> str:
+        _say(f"   attempt {len(service.calls) + 1}: calling model {model!r}")
+        return service.complete(prompt, model)
+
+    started = time.perf_counter()
+    answer = ask("What is opero?")
+    elapsed = time.perf_counter() - started
+    _say(f"   -> {answer}  ({len(service.calls)} calls in {elapsed:.2f}s)")
+
+
+def _fallback_scenario() -> None:
+    _say('\n2. A fallback from model "a" (down) to model "b"')
+    service = FlakyService({"a": -1, "b": 1})
+
+    @opero(cache=False, retries=1, min_delay=0.05, arg_fallback="model")
+    def ask(prompt: str, model: list[str] | str = ["a", "b"]) -> str:  # noqa: B006
+        assert isinstance(model, str)
+        _say(f"   calling model {model!r}")
+        return service.complete(prompt, model)
+
+    _say(f"   -> {ask('Summarise the news')}")
+    _say(f"   models called, in order: {service.calls}")
+
+
+def _all_failed_scenario() -> None:
+    _say("\n3. Every fallback value fails: AllFailedError keeps each one's last error")
+    service = FlakyService({"a": -1, "b": -1, "c": 99})
+
+    @opero(cache=False, retries=1, min_delay=0.02, arg_fallback="model")
+    async def ask(prompt: str, model: list[str] | str) -> str:
+        assert isinstance(model, str)
+        await asyncio.sleep(0)
+        return service.complete(prompt, model)
+
+    try:
+        asyncio.run(ask("Hello", model=["a", "b", "c"]))
+    except AllFailedError as group:
+        _say(f"   AllFailedError: {group.message}")
+        for index, error in enumerate(group.errors):
+            _say(f"     value {index}: {type(error).__name__}: {error}")
+    _say(f"   calls made: {len(service.calls)} (1 + 1 retry for each of 3 values)")
+
+
+def run_demo() -> int:
+    """Run the scenarios, printing what happens; returns the exit status."""
+    from loguru import logger
+
+    # The demo is the application here, so it configures loguru as a host would: one
+    # plain sink on stdout, and opero's messages (retries, fallback switches) switched on.
+    logger.remove()
+    logger.add(sys.stdout, format="   log: {message}", colorize=False)
+    logger.enable("opero")
+    _say("opero demo: a simulated flaky service, no network needed")
+    _retries_scenario()
+    _fallback_scenario()
+    _all_failed_scenario()
+    _say("\nDone.")
+    return 0

@@ -1,0 +1,155 @@
+"""`arg_fallback`: where the named parameter sits in a call, and trying its values in turn.
+
+The parameter is located in the signature once, at decoration. A call then finds its value
+(positional, keyword or default), and each fallback value is put back at exactly that place.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from opero.core.retry import RetryPolicy, retry_async, retry_sync
+from opero.exceptions import AllFailedError
+from opero.utils.logging import log
+
+R = TypeVar("R")
+
+_NO_DEFAULT: Any = inspect.Parameter.empty
+
+
+class FallbackParameter:
+    """The parameter named by `arg_fallback`, located in one function's signature."""
+
+    __slots__ = ("default", "function_name", "keyword", "name", "position", "positional_defaults")
+
+    def __init__(self, func: Callable[..., Any], name: str, function_name: str) -> None:
+        try:
+            params = list(inspect.signature(func).parameters.values())
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"arg_fallback={name!r}: cannot read the signature of {func!r}") from exc
+        found = next((p for p in params if p.name == name), None)
+        if found is None:
+            names = ", ".join(p.name for p in params) or "none"
+            raise ValueError(
+                f"arg_fallback={name!r} names no parameter of {function_name}() "
+                f"(its parameters: {names})"
+            )
+        if found.kind in (found.VAR_POSITIONAL, found.VAR_KEYWORD):
+            raise ValueError(
+                f"arg_fallback={name!r} must name a single parameter of {function_name}(), "
+                f"not *{name} or **{name}"
+            )
+        self.name = name
+        self.function_name = function_name
+        self.default = found.default
+        self.keyword = found.kind is not found.POSITIONAL_ONLY
+        positional = found.kind in (found.POSITIONAL_ONLY, found.POSITIONAL_OR_KEYWORD)
+        self.position = params.index(found) if positional else -1
+        # For a positional-only parameter left at its default, the values must be passed
+        # by position, so the defaults of the parameters before it are needed too.
+        self.positional_defaults = tuple(p.default for p in params[: max(self.position, 0)])
+
+    def values(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Sequence[Any]:
+        """The fallback values this call holds, in order (one value for a non-sequence)."""
+        if 0 <= self.position < len(args):
+            held = args[self.position]
+        elif self.keyword and self.name in kwargs:
+            held = kwargs[self.name]
+        elif self.default is not _NO_DEFAULT:
+            held = self.default
+        else:
+            raise TypeError(f"{self.function_name}() missing required argument: {self.name!r}")
+        if isinstance(held, str | bytes | bytearray) or not isinstance(held, Sequence):
+            return (held,)
+        if not held:
+            raise ValueError(
+                f"{self.function_name}(): {self.name!r} holds an empty sequence; "
+                "arg_fallback needs at least one value"
+            )
+        return held
+
+    def substitute(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], value: Any
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The call's arguments with `value` at the parameter's place."""
+        position = self.position
+        if 0 <= position < len(args):
+            return (*args[:position], value, *args[position + 1 :]), kwargs
+        if self.keyword:
+            return args, {**kwargs, self.name: value}
+        filler = self.positional_defaults[len(args) : position]
+        return (*args, *filler, value), kwargs
+
+
+def _all_failed(fallback: FallbackParameter, errors: list[Exception]) -> AllFailedError:
+    count = len(errors)
+    noun = "value" if count == 1 else "values"
+    log().warning("{}: all {} fallback {} failed", fallback.function_name, count, noun)
+    return AllFailedError(
+        f"{fallback.function_name}(): all {count} {noun} of {fallback.name!r} failed", errors
+    )
+
+
+def _log_switch(fallback: FallbackParameter, index: int, total: int, exc: Exception) -> None:
+    # The index, never the value: fallback values are often API keys.
+    log().warning(
+        "{}: fallback value {}/{} of {!r} failed with {}; trying the next",
+        fallback.function_name,
+        index + 1,
+        total,
+        fallback.name,
+        type(exc).__name__,
+    )
+
+
+def call_with_fallback_sync(
+    fallback: FallbackParameter,
+    policy: RetryPolicy,
+    func: Callable[..., R],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> R:
+    """Try each fallback value with its own retries; `AllFailedError` if all fail."""
+    values = fallback.values(args, kwargs)
+    errors: list[Exception] = []
+    for index, value in enumerate(values):
+        call_args, call_kwargs = fallback.substitute(args, kwargs, value)
+        try:
+            try:
+                return func(*call_args, **call_kwargs)
+            except Exception as exc:
+                first = exc
+            return retry_sync(policy, fallback.function_name, func, call_args, call_kwargs, first)
+        except Exception as exc:
+            errors.append(exc)
+            if index + 1 < len(values):
+                _log_switch(fallback, index, len(values), exc)
+    raise _all_failed(fallback, errors)
+
+
+async def call_with_fallback_async(
+    fallback: FallbackParameter,
+    policy: RetryPolicy,
+    func: Callable[..., Awaitable[R]],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> R:
+    """The async twin of `call_with_fallback_sync`."""
+    values = fallback.values(args, kwargs)
+    errors: list[Exception] = []
+    for index, value in enumerate(values):
+        call_args, call_kwargs = fallback.substitute(args, kwargs, value)
+        try:
+            try:
+                return await func(*call_args, **call_kwargs)
+            except Exception as exc:
+                first = exc
+            name = fallback.function_name
+            return await retry_async(policy, name, func, call_args, call_kwargs, first)
+        except Exception as exc:
+            errors.append(exc)
+            if index + 1 < len(values):
+                _log_switch(fallback, index, len(values), exc)
+    raise _all_failed(fallback, errors)

@@ -1,0 +1,214 @@
+"""The validated, frozen option set of `@opero`. Defaults live here and nowhere else.
+
+Everything is checked once, when the decorator is applied; the call path never looks at
+an option by name again.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypedDict
+
+from opero.core.cache import BUILTIN_CACHE_BACKENDS, CacheBackend
+
+RetryOn = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+
+RATE_LIMIT_BACKENDS = frozenset({"local", "redis"})
+
+
+class OperoKwargs(TypedDict, total=False):
+    """The keyword-only options of `@opero` (and, applied per item, of `@opmap`)."""
+
+    cache: bool
+    cache_ttl: float | None
+    cache_backend: str | CacheBackend
+    cache_key: Callable[..., object] | None
+    cache_namespace: str
+    cache_maxsize: int
+    retries: int
+    backoff_factor: float
+    min_delay: float
+    max_delay: float
+    retry_on: RetryOn
+    jitter: bool
+    arg_fallback: str | None
+    rate_limit: float | None
+    rate_limit_backend: str
+
+
+class OperoOptions(NamedTuple):
+    """One decorated function's options, validated. Immutable and picklable."""
+
+    cache: bool = True
+    cache_ttl: float | None = None
+    cache_backend: str | CacheBackend = "memory"
+    cache_key: Callable[..., object] | None = None
+    cache_namespace: str = "opero"
+    cache_maxsize: int = 1024
+    retries: int = 3
+    backoff_factor: float = 1.5
+    min_delay: float = 0.1
+    max_delay: float = 30.0
+    retry_on: RetryOn = Exception
+    jitter: bool = True
+    arg_fallback: str | None = None
+    rate_limit: float | None = None
+    rate_limit_backend: str = "local"
+
+
+def build_options(decorator: str, given: dict[str, Any]) -> OperoOptions:
+    """Check every option in `given` and return the frozen set, defaults filled in.
+
+    Raises `TypeError` for an unknown option or a value of the wrong type and `ValueError`
+    for a value out of range; the message names the decorator, the option and the value.
+    """
+    unknown = [name for name in given if name not in OperoOptions._fields]
+    if unknown:
+        raise TypeError(_unknown_option_message(decorator, unknown[0]))
+    options = OperoOptions(**given)
+    for name, check in _CHECKS.items():
+        check(f"{decorator}(): {name}", getattr(options, name))
+    if options.max_delay < options.min_delay:
+        raise ValueError(
+            f"{decorator}(): max_delay ({options.max_delay!r}) must not be less than "
+            f"min_delay ({options.min_delay!r})"
+        )
+    return options
+
+
+def _unknown_option_message(decorator: str, name: str) -> str:
+    import difflib
+
+    message = f"{decorator}() got an unknown option {name!r}"
+    close = difflib.get_close_matches(name, OperoOptions._fields, n=1)
+    return f"{message}; did you mean {close[0]!r}?" if close else message
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _bool(where: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{where} must be True or False, got {value!r}")
+
+
+def _number(where: str, value: object, *, low: float, low_inclusive: bool) -> None:
+    if not _is_number(value):
+        raise TypeError(f"{where} must be a number, got {value!r}")
+    assert isinstance(value, int | float)
+    bound_ok = value >= low if low_inclusive else value > low
+    if math.isnan(value) or math.isinf(value) or not bound_ok:
+        relation = ">=" if low_inclusive else ">"
+        raise ValueError(f"{where} must be a finite number {relation} {low:g}, got {value!r}")
+
+
+def _positive_or_none(where: str, value: object) -> None:
+    if value is not None:
+        _number(where, value, low=0, low_inclusive=False)
+
+
+def _non_negative(where: str, value: object) -> None:
+    _number(where, value, low=0, low_inclusive=True)
+
+
+def _backoff_factor(where: str, value: object) -> None:
+    # A factor below 1 would shrink delays below min_delay, which is their floor.
+    _number(where, value, low=1, low_inclusive=True)
+
+
+def _int_at_least(low: int) -> Callable[[str, object], None]:
+    def check(where: str, value: object) -> None:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{where} must be an int, got {value!r}")
+        if value < low:
+            raise ValueError(f"{where} must be >= {low}, got {value!r}")
+
+    return check
+
+
+def _cache_backend(where: str, value: object) -> None:
+    if isinstance(value, str):
+        if value not in BUILTIN_CACHE_BACKENDS:
+            choices = ", ".join(sorted(BUILTIN_CACHE_BACKENDS))
+            raise ValueError(f"{where} must be one of {choices} or a backend object, got {value!r}")
+    elif not isinstance(value, CacheBackend):
+        raise TypeError(
+            f"{where} must be a backend name or an object with get, set, delete and clear "
+            f"methods, got {value!r}"
+        )
+
+
+def _callable_or_none(where: str, value: object) -> None:
+    if value is not None and not callable(value):
+        raise TypeError(f"{where} must be a callable or None, got {value!r}")
+
+
+def _cache_namespace(where: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{where} must be a str, got {value!r}")
+    escapes = value in {"", ".", ".."} or any(sep in value for sep in ("/", "\\", "\0"))
+    if escapes or value.startswith("~") or (len(value) > 1 and value[1] == ":"):
+        raise ValueError(
+            f"{where} must be a plain folder name (no '..', '/', '\\' or absolute path), "
+            f"got {value!r}"
+        )
+
+
+def _exception_type(where: str, value: object) -> None:
+    if not (isinstance(value, type) and issubclass(value, BaseException)):
+        raise TypeError(f"{where} must contain exception types, got {value!r}")
+    if not issubclass(value, Exception):
+        raise ValueError(
+            f"{where}: {value.__name__} is a BaseException that is not an Exception; "
+            "opero never retries those"
+        )
+
+
+def _retry_on(where: str, value: object) -> None:
+    if isinstance(value, tuple):
+        if not value:
+            raise ValueError(f"{where} must not be an empty tuple")
+        for item in value:
+            _exception_type(where, item)
+    elif isinstance(value, type):
+        _exception_type(where, value)
+    elif not callable(value):
+        raise TypeError(
+            f"{where} must be an exception type, a tuple of them, or a predicate "
+            f"(exc) -> bool, got {value!r}"
+        )
+
+
+def _arg_fallback(where: str, value: object) -> None:
+    # Whether it names a parameter is checked against the function's signature.
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{where} must be a parameter name (str) or None, got {value!r}")
+
+
+def _rate_limit_backend(where: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{where} must be a str, got {value!r}")
+    if value not in RATE_LIMIT_BACKENDS:
+        choices = ", ".join(sorted(RATE_LIMIT_BACKENDS))
+        raise ValueError(f"{where} must be one of {choices}, got {value!r}")
+
+
+_CHECKS: dict[str, Callable[[str, Any], None]] = {
+    "cache": _bool,
+    "cache_ttl": _positive_or_none,
+    "cache_backend": _cache_backend,
+    "cache_key": _callable_or_none,
+    "cache_namespace": _cache_namespace,
+    "cache_maxsize": _int_at_least(1),
+    "retries": _int_at_least(0),
+    "backoff_factor": _backoff_factor,
+    "min_delay": _non_negative,
+    "max_delay": _non_negative,
+    "retry_on": _retry_on,
+    "jitter": _bool,
+    "arg_fallback": _arg_fallback,
+    "rate_limit": _positive_or_none,
+    "rate_limit_backend": _rate_limit_backend,
+}

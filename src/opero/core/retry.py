@@ -1,0 +1,186 @@
+"""Retry policy and its two drivers (sync and async) over tenacity.
+
+The decorated function's first attempt is made by the caller directly; these drivers are
+entered only after it failed, so the success path never touches tenacity (which is also
+imported only then: it pulls in asyncio, too slow for `import opero`).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from opero.core.options import OperoOptions
+from opero.utils.logging import log
+
+if TYPE_CHECKING:
+    import tenacity
+
+R = TypeVar("R")
+
+# Looked up at each failure, so tests (and a later testing mode) can replace them.
+sync_sleep: Callable[[float], None] = time.sleep
+async_sleep: Callable[[float], Awaitable[None]] | None = None  # asyncio.sleep, bound lazily
+
+
+class RetryPolicy:
+    """When to retry and how long to wait; the same decisions for sync and async calls."""
+
+    __slots__ = (
+        "backoff_factor",
+        "jitter",
+        "max_delay",
+        "min_delay",
+        "predicate",
+        "retries",
+        "types",
+    )
+
+    def __init__(self, options: OperoOptions) -> None:
+        self.retries = options.retries
+        self.min_delay = float(options.min_delay)
+        self.max_delay = float(options.max_delay)
+        self.backoff_factor = float(options.backoff_factor)
+        self.jitter = options.jitter
+        retry_on = options.retry_on
+        self.types: tuple[type[BaseException], ...] | None = None
+        self.predicate: Callable[[BaseException], bool] | None = None
+        if isinstance(retry_on, type):
+            self.types = (retry_on,)
+        elif isinstance(retry_on, tuple):
+            self.types = retry_on
+        else:
+            self.predicate = retry_on
+
+    def base_delay(self, retry_number: int) -> float:
+        """The un-jittered delay before retry `retry_number` (1 for the first retry)."""
+        try:
+            grown = self.min_delay * self.backoff_factor ** (retry_number - 1)
+        except OverflowError:
+            return self.max_delay
+        return min(self.max_delay, grown)
+
+    def delay(self, retry_number: int) -> float:
+        """The delay before retry `retry_number`, jittered when asked, always within
+        ``[min_delay, max_delay]``.
+
+        Jitter draws uniformly from ``[max(min_delay, d/2), min(max_delay, 3d/2)]`` around
+        the un-jittered delay ``d``: callers that failed together spread out, also at the
+        first retry and at the ceiling, and the bounds still hold.
+        """
+        base = self.base_delay(retry_number)
+        if not self.jitter or base == 0.0:
+            return base
+        low = max(self.min_delay, base * 0.5)
+        high = min(self.max_delay, base * 1.5)
+        return random.uniform(low, high)
+
+    def allows_retry(self, exc: BaseException) -> bool:
+        """Whether `exc` may be retried. BaseExceptions that are not Exceptions never are."""
+        if not isinstance(exc, Exception):
+            return False
+        if self.types is not None:
+            return isinstance(exc, self.types)
+        assert self.predicate is not None
+        return bool(self.predicate(exc))
+
+
+def _retrying_options(policy: RetryPolicy, name: str) -> dict[str, Any]:
+    import tenacity
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        return policy.delay(state.attempt_number)
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        outcome = state.outcome
+        exc = outcome.exception() if outcome is not None else None
+        delay = state.next_action.sleep if state.next_action is not None else 0.0
+        log().info(
+            "{}: attempt {} failed with {}; retrying in {:.3f}s",
+            name,
+            state.attempt_number,
+            type(exc).__name__,
+            delay,
+        )
+
+    return {
+        "stop": tenacity.stop_after_attempt(policy.retries + 1),
+        "wait": wait,
+        "retry": tenacity.retry_if_exception(policy.allows_retry),
+        "reraise": True,
+        "before_sleep": before_sleep,
+    }
+
+
+def _log_gave_up(name: str, exc: Exception, attempts: int, policy: RetryPolicy) -> None:
+    if attempts > policy.retries:
+        log().warning(
+            "{}: gave up after {} attempts; last error {}",
+            name,
+            policy.retries + 1,
+            type(exc).__name__,
+        )
+
+
+def retry_sync(
+    policy: RetryPolicy,
+    name: str,
+    func: Callable[..., R],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    failure: Exception,
+) -> R:
+    """Carry on after the first attempt of `func` raised `failure`: retry it as the policy
+    says, and return its first result or re-raise its last exception itself."""
+    if policy.retries == 0 or not policy.allows_retry(failure):
+        raise failure
+    import tenacity
+
+    retrying = tenacity.Retrying(sleep=sync_sleep, **_retrying_options(policy, name))
+    attempts = 0
+    try:
+        for attempt in retrying:
+            attempts += 1
+            with attempt:
+                if attempts == 1:  # tenacity records the attempt already made, then waits
+                    raise failure
+                return func(*args, **kwargs)
+    except Exception as exc:
+        _log_gave_up(name, exc, attempts, policy)
+        raise
+    raise AssertionError("unreachable: tenacity stops by returning or raising")
+
+
+async def retry_async(
+    policy: RetryPolicy,
+    name: str,
+    func: Callable[..., Awaitable[R]],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    failure: Exception,
+) -> R:
+    """The async twin of `retry_sync`: waits with asyncio.sleep, so it never blocks the
+    event loop and a cancellation stops it at once."""
+    if policy.retries == 0 or not policy.allows_retry(failure):
+        raise failure
+    import asyncio
+
+    import tenacity
+
+    retrying = tenacity.AsyncRetrying(
+        sleep=async_sleep or asyncio.sleep, **_retrying_options(policy, name)
+    )
+    attempts = 0
+    try:
+        async for attempt in retrying:
+            attempts += 1
+            with attempt:
+                if attempts == 1:
+                    raise failure
+                return await func(*args, **kwargs)
+    except Exception as exc:
+        _log_gave_up(name, exc, attempts, policy)
+        raise
+    raise AssertionError("unreachable: tenacity stops by returning or raising")

@@ -1,0 +1,132 @@
+"""`@opero`: validate the options once, build the call pipeline, wrap the function.
+
+The pipeline of one call, outermost first: cache -> fallback -> retry -> rate limit -> the
+function. This module only composes; each step's decisions live in `opero.core`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar, Unpack, cast, overload
+
+from opero.core.fallback import (
+    FallbackParameter,
+    call_with_fallback_async,
+    call_with_fallback_sync,
+)
+from opero.core.options import OperoKwargs, OperoOptions, build_options
+from opero.core.retry import RetryPolicy, retry_async, retry_sync
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@overload
+def opero(func: Callable[P, R], /) -> Callable[P, R]: ...
+
+
+@overload
+def opero(
+    func: None = None, /, **options: Unpack[OperoKwargs]
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+
+def opero(
+    func: Callable[P, R] | None = None, /, **options: Unpack[OperoKwargs]
+) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
+    """Make calls of `func` resilient: cache, parameter fallback, retries, rate limit.
+
+    Use bare (``@opero``) or with keyword-only options (``@opero(retries=5)``); see the
+    README for every option and its default. Bad options raise `TypeError`/`ValueError`
+    here, at decoration, never at call time.
+    """
+    validated = build_options("opero", dict(options))
+    if func is None:
+        return functools.partial(decorate, options=validated)
+    return decorate(func, validated)
+
+
+def decorate(func: Callable[P, R], options: OperoOptions) -> Callable[P, R]:
+    """Wrap `func` in the pipeline `options` describe (options already validated)."""
+    if isinstance(func, classmethod | staticmethod):
+        # `@opero` written above `@classmethod`/`@staticmethod`: wrap the function inside.
+        inner = cast(Callable[P, R], func.__func__)
+        return cast(Callable[P, R], type(func)(decorate(inner, options)))
+    if not callable(func):
+        raise TypeError(f"opero() decorates a function, got {func!r}")
+    name = getattr(func, "__qualname__", None) or repr(func)
+    policy = RetryPolicy(options)
+    fallback = FallbackParameter(func, options.arg_fallback, name) if options.arg_fallback else None
+    if _is_async(func):
+        async_func = cast(Callable[..., Awaitable[Any]], func)
+        if fallback is None:
+            wrapper = _async_wrapper(async_func, policy, name)
+        else:
+            wrapper = _async_fallback_wrapper(async_func, policy, fallback)
+    elif fallback is None:
+        wrapper = _sync_wrapper(func, policy, name)
+    else:
+        wrapper = _sync_fallback_wrapper(func, policy, fallback)
+    functools.update_wrapper(wrapper, func)
+    wrapper.cache_clear = _cache_clear  # type: ignore[attr-defined]
+    return cast(Callable[P, R], wrapper)
+
+
+def _is_async(func: Callable[..., Any]) -> bool:
+    if inspect.iscoroutinefunction(func):
+        return True
+    # A callable object whose __call__ is `async def`.
+    call = getattr(type(func), "__call__", None)  # noqa: B004 - the class's, not callable()
+    return not inspect.isroutine(func) and inspect.iscoroutinefunction(call)
+
+
+def _cache_clear() -> None:
+    """Empty this function's cache. (The cache itself arrives in a later release.)"""
+
+
+# The four wrappers below are the hot path: the first attempt is a plain call, and the
+# retry machinery is entered only after it raised.
+
+
+def _sync_wrapper(func: Callable[..., Any], policy: RetryPolicy, name: str) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except Exception as exc:
+            failure = exc
+        return retry_sync(policy, name, func, args, kwargs, failure)
+
+    return wrapper
+
+
+def _async_wrapper(
+    func: Callable[..., Awaitable[Any]], policy: RetryPolicy, name: str
+) -> Callable[..., Any]:
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await func(*args, **kwargs)
+        except Exception as exc:
+            failure = exc
+        return await retry_async(policy, name, func, args, kwargs, failure)
+
+    return wrapper
+
+
+def _sync_fallback_wrapper(
+    func: Callable[..., Any], policy: RetryPolicy, fallback: FallbackParameter
+) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return call_with_fallback_sync(fallback, policy, func, args, kwargs)
+
+    return wrapper
+
+
+def _async_fallback_wrapper(
+    func: Callable[..., Awaitable[Any]], policy: RetryPolicy, fallback: FallbackParameter
+) -> Callable[..., Any]:
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return await call_with_fallback_async(fallback, policy, func, args, kwargs)
+
+    return wrapper
