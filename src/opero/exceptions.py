@@ -10,7 +10,7 @@ class OperoError(Exception):
     """Base class of every exception opero raises itself."""
 
 
-class AllFailedError(OperoError, ExceptionGroup):  # type: ignore[misc]
+class AllFailedError(OperoError, ExceptionGroup[Exception]):
     """Every value of an `arg_fallback` parameter failed.
 
     An `ExceptionGroup`, so ``except* SomeError`` reaches into it; `.errors` lists the last
@@ -29,12 +29,13 @@ class AllFailedError(OperoError, ExceptionGroup):  # type: ignore[misc]
         """The last exception of each fallback value, in the order the values were tried."""
         return list(self.exceptions)
 
-    def derive(self, excs: Sequence[Exception]) -> AllFailedError:
+    # typeshed overloads derive() for BaseException groups too; ours only hold Exceptions.
+    def derive(self, excs: Sequence[Exception]) -> AllFailedError:  # type: ignore[override]
         # Keeps the type when `except*` or `split()` takes the group apart.
         return AllFailedError(self.message, excs)
 
 
-class OpmapError(OperoError, ExceptionGroup):  # type: ignore[misc]
+class OpmapError(OperoError, ExceptionGroup[Exception]):
     """Some items of an `@opmap` call failed; the others' results are kept.
 
     `.results` is the full result list (failed slots hold their exception) and `.failures`
@@ -58,7 +59,7 @@ class OpmapError(OperoError, ExceptionGroup):  # type: ignore[misc]
     def __reduce__(self) -> tuple[type[OpmapError], tuple[str, list[Exception], list[object]]]:
         return (type(self), (self.message, list(self.exceptions), self.results))
 
-    def derive(self, excs: Sequence[Exception]) -> OpmapError:
+    def derive(self, excs: Sequence[Exception]) -> OpmapError:  # type: ignore[override]
         return OpmapError(self.message, excs, self.results)
 
 

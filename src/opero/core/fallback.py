@@ -28,7 +28,9 @@ class FallbackParameter:
         try:
             params = list(inspect.signature(func).parameters.values())
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"arg_fallback={name!r}: cannot read the signature of {func!r}") from exc
+            raise ValueError(
+                f"arg_fallback={name!r}: cannot read the signature of {func!r}"
+            ) from exc
         found = next((p for p in params if p.name == name), None)
         if found is None:
             names = ", ".join(p.name for p in params) or "none"

@@ -105,10 +105,21 @@ def _retrying_options(policy: RetryPolicy, name: str) -> dict[str, Any]:
             delay,
         )
 
+    def should_retry(state: tenacity.RetryCallState) -> bool:
+        outcome = state.outcome
+        if outcome is None or not outcome.failed:
+            return False
+        # The first failure was judged before tenacity was entered; ask the user's
+        # predicate once per exception, never twice.
+        if state.attempt_number == 1:
+            return True
+        exc = outcome.exception()
+        return exc is not None and policy.allows_retry(exc)
+
     return {
         "stop": tenacity.stop_after_attempt(policy.retries + 1),
         "wait": wait,
-        "retry": tenacity.retry_if_exception(policy.allows_retry),
+        "retry": should_retry,
         "reraise": True,
         "before_sleep": before_sleep,
     }

@@ -1,0 +1,166 @@
+"""Bad configuration fails at decoration, naming the option and the value."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from opero import opero
+
+
+def target(prompt: str, model: str = "a", *rest: int, key: str = "k", **extra: int) -> str:
+    return prompt
+
+
+class GoodBackend:
+    def get(self, key: str) -> object:
+        return None
+
+    def set(self, key: str, value: object, ttl: float | None) -> None:
+        pass
+
+    def delete(self, key: str) -> None:
+        pass
+
+    def clear(self) -> None:
+        pass
+
+
+class NotAnException:
+    pass
+
+
+def is_retryable(exc: BaseException) -> bool:
+    return True
+
+
+def shown(value: Any) -> str:
+    """How a message names a bad value: the offending tuple item, a class by name."""
+    if isinstance(value, tuple) and value:
+        value = value[-1]
+    return value.__name__ if isinstance(value, type) else repr(value)
+
+
+TYPE_ERRORS: list[tuple[str, Any]] = [
+    ("cache", "yes"),
+    ("cache", 1),
+    ("cache_ttl", "60"),
+    ("cache_ttl", True),
+    ("cache_backend", 42),
+    ("cache_backend", object()),
+    ("cache_key", "not callable"),
+    ("cache_namespace", 3),
+    ("cache_maxsize", 10.5),
+    ("cache_maxsize", True),
+    ("retries", 2.0),
+    ("retries", "3"),
+    ("retries", None),
+    ("backoff_factor", "2"),
+    ("min_delay", None),
+    ("max_delay", "10"),
+    ("retry_on", "ValueError"),
+    ("retry_on", NotAnException),
+    ("retry_on", (ValueError, "KeyError")),
+    ("jitter", "no"),
+    ("arg_fallback", 3),
+    ("rate_limit", "10/s"),
+    ("rate_limit_backend", 1),
+]
+
+VALUE_ERRORS: list[tuple[str, Any]] = [
+    ("cache_ttl", 0),
+    ("cache_ttl", -5),
+    ("cache_ttl", float("nan")),
+    ("cache_backend", "memcached"),
+    ("cache_namespace", ".."),
+    ("cache_namespace", "a/b"),
+    ("cache_namespace", "a\\b"),
+    ("cache_namespace", "/abs"),
+    ("cache_namespace", ""),
+    ("cache_maxsize", 0),
+    ("retries", -1),
+    ("backoff_factor", 0.5),
+    ("backoff_factor", float("inf")),
+    ("min_delay", -0.1),
+    ("max_delay", -1),
+    ("retry_on", ()),
+    ("retry_on", KeyboardInterrupt),
+    ("retry_on", (ValueError, SystemExit)),
+    ("rate_limit", 0),
+    ("rate_limit", -1),
+    ("rate_limit", float("inf")),
+    ("rate_limit_backend", "memcached"),
+]
+
+
+@pytest.mark.parametrize(("option", "value"), TYPE_ERRORS)
+def test_wrong_type_is_a_type_error_naming_option_and_value(option: str, value: Any) -> None:
+    with pytest.raises(TypeError) as info:
+        opero(**{option: value})
+    assert option in str(info.value)
+    assert shown(value) in str(info.value)
+
+
+@pytest.mark.parametrize(("option", "value"), VALUE_ERRORS)
+def test_bad_value_is_a_value_error_naming_option_and_value(option: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=re.escape(option)) as info:
+        opero(**{option: value})
+    assert shown(value) in str(info.value)
+
+
+def test_max_delay_below_min_delay() -> None:
+    with pytest.raises(ValueError, match=r"max_delay \(1\).*min_delay \(2\)"):
+        opero(min_delay=2, max_delay=1)
+
+
+def test_unknown_option_is_a_type_error_with_a_suggestion() -> None:
+    with pytest.raises(TypeError, match="unknown option 'retires'; did you mean 'retries'"):
+        opero(retires=3)  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"cache": False, "cache_ttl": 0.5, "cache_backend": "disk", "cache_namespace": "my-app"},
+        {"cache_backend": GoodBackend(), "cache_key": lambda *a, **k: "k", "cache_maxsize": 1},
+        {"retries": 0, "backoff_factor": 1, "min_delay": 0, "max_delay": 0},
+        {"retry_on": (ValueError, KeyError), "jitter": False},
+        {"retry_on": is_retryable},
+        {"rate_limit": 0.5, "rate_limit_backend": "redis"},
+        {"cache_backend": "redis", "cache_ttl": None, "rate_limit": None},
+    ],
+)
+def test_valid_options_are_accepted(options: dict[str, Any]) -> None:
+    wrapped = opero(**options)(target)
+    assert wrapped("hi") == "hi"
+
+
+def test_arg_fallback_must_name_a_parameter() -> None:
+    with pytest.raises(ValueError, match=r"arg_fallback='modle' names no parameter of target\(\)"):
+        opero(arg_fallback="modle")(target)
+
+
+@pytest.mark.parametrize("name", ["rest", "extra"])
+def test_arg_fallback_cannot_name_star_parameters(name: str) -> None:
+    with pytest.raises(ValueError, match=f"arg_fallback={name!r} must name a single parameter"):
+        opero(arg_fallback=name)(target)
+
+
+@pytest.mark.parametrize("name", ["model", "key", "prompt"])
+def test_arg_fallback_accepts_any_single_parameter(name: str) -> None:
+    assert opero(arg_fallback=name)(target)("p") == "p"
+
+
+def test_nothing_is_validated_again_at_call_time() -> None:
+    calls: list[int] = []
+
+    @opero(retries=0)
+    def f(x: int) -> int:
+        calls.append(x)
+        return x
+
+    assert [f(i) for i in range(3)] == [0, 1, 2]
+    assert calls == [0, 1, 2]

@@ -1,0 +1,100 @@
+"""What a user meets first: import cost, the demo, the README, the benchmarks."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import run_python
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_import_prints_nothing_and_stays_light() -> None:
+    result = run_python(
+        """
+        import sys
+        import opero
+        heavy = sorted({"loguru", "tenacity", "asyncio", "importlib.metadata"} & set(sys.modules))
+        print(heavy)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert result.stdout == "[]\n"
+
+
+def test_version_comes_from_the_installed_metadata() -> None:
+    from importlib.metadata import version
+
+    import opero
+
+    assert opero.__version__ == version("opero")
+
+
+def test_demo_runs_all_three_scenarios() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "opero", "demo"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "(3 calls in" in out
+    assert "models called, in order: ['a', 'a', 'b', 'b']" in out
+    assert "AllFailedError: " in out
+    assert "value 2: ConnectionError" in out
+    assert "attempt 1 failed with ConnectionError" in out
+
+
+def test_cli_without_a_command_shows_help() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "opero"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 2
+    assert "demo" in result.stdout
+
+
+def readme_blocks() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+
+
+def test_readme_has_examples() -> None:
+    assert len(readme_blocks()) >= 3
+
+
+@pytest.mark.parametrize("index", range(len(readme_blocks())))
+def test_readme_code_block_runs(index: int) -> None:
+    code = readme_blocks()[index]
+    namespace: dict[str, object] = {"__name__": f"readme_block_{index}"}
+    exec(compile(code, f"README.md block {index}", "exec"), namespace)
+    assert asyncio.get_event_loop_policy() is not None
+
+
+def test_readme_quick_start_matches_ci() -> None:
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "python3 dev.py demo" in readme
+    assert "python3 dev.py test" in readme
+    assert "python3 dev.py test" in ci
+
+
+def test_overhead_benchmark_runs() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_overhead.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    for name in ("opero", "tenacity", "stamina", "backoff"):
+        assert name in result.stdout
