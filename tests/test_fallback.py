@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from opero import AllFailedError, OperoError, opero
+from opero import AllFailedError, OperoError, RetryPredicateError, opero
 from opero.core.fallback import FallbackParameter
 
 
@@ -22,7 +22,7 @@ class Recorder:
 
     def __call__(self, model: Any) -> str:
         self.models.append(model)
-        if model in self.down:
+        if isinstance(model, str) and model in self.down:
             raise ConnectionError(f"{model} is down")
         return f"answer from {model}"
 
@@ -183,7 +183,9 @@ def test_non_retryable_error_still_moves_to_the_next_value(sleeps: list[float]) 
     assert sleeps == []
 
 
-@pytest.mark.parametrize("single", ["abc", b"abc", 42, None, frozenset({"a"})])
+@pytest.mark.parametrize(
+    "single", ["abc", b"abc", bytearray(b"abc"), 42, None, frozenset({"a"}), iter(["a"])]
+)
 def test_str_bytes_and_non_sequences_are_a_single_value(single: Any) -> None:
     recorder = Recorder()
     assert make(recorder)("hi", single) == f"answer from {single}"
@@ -203,6 +205,37 @@ def test_empty_sequence_is_a_value_error(empty: Any) -> None:
     with pytest.raises(ValueError, match="'model' holds an empty sequence"):
         make(recorder)("hi", empty)
     assert recorder.models == []
+
+
+def test_values_are_snapshotted_before_the_first_call() -> None:
+    models = ["a", "b", "c"]
+    tried: list[str] = []
+
+    @opero(cache=False, retries=0, arg_fallback="model")
+    def ask(model: Any) -> str:
+        tried.append(model)
+        models.remove(model)  # the caller's list changes under the call
+        raise ConnectionError(model)
+
+    with pytest.raises(AllFailedError):
+        ask(models)
+    assert tried == ["a", "b", "c"]
+
+
+def test_a_broken_retry_predicate_does_not_move_to_the_next_value() -> None:
+    tried: list[str] = []
+
+    def broken(exc: BaseException) -> bool:
+        raise RuntimeError("predicate bug")
+
+    @opero(cache=False, retry_on=broken, arg_fallback="model")
+    def ask(model: Any = ("a", "b")) -> str:
+        tried.append(model)
+        raise ConnectionError(model)
+
+    with pytest.raises(RetryPredicateError):
+        ask()
+    assert tried == ["a"]
 
 
 def test_base_exception_stops_the_fallback_at_once() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import textwrap
 from typing import Any
 
@@ -93,3 +95,33 @@ def test_messages_name_function_attempt_and_type_but_never_values(
     assert "all 2 fallback values failed" in text
     assert "sk-live" not in text
     assert "secret-payload" not in text
+
+
+@dataclasses.dataclass
+class KeyedClient:
+    api_key: str
+
+    def __call__(self, model: str) -> str:
+        raise PermissionError("denied")
+
+
+def keyed_call(api_key: str, model: str) -> str:
+    raise PermissionError("denied")
+
+
+@pytest.mark.parametrize(
+    "func",
+    [KeyedClient("sk-held-secret"), functools.partial(keyed_call, "sk-held-secret")],
+    ids=["dataclass-instance", "partial"],
+)
+def test_held_arguments_of_callables_never_reach_logs_or_errors(
+    opero_logs: list[str], sleeps: list[float], func: Any
+) -> None:
+    wrapped = opero(cache=False, retries=1, arg_fallback="model")(func)
+    with pytest.raises(AllFailedError) as info:
+        wrapped(model=["a", "b"])
+    text = "\n".join(opero_logs)
+    assert "attempt 1 failed with PermissionError" in text
+    assert "sk-held-secret" not in text
+    assert "sk-held-secret" not in str(info.value)
+    assert ("KeyedClient" in text) or ("keyed_call" in text)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from typing import Any
 
 import pytest
 
+import opero.core.options as options_module
 from opero import opero
 
 
@@ -50,6 +52,7 @@ TYPE_ERRORS: list[tuple[str, Any]] = [
     ("cache_ttl", True),
     ("cache_backend", 42),
     ("cache_backend", object()),
+    ("cache_backend", GoodBackend),
     ("cache_key", "not callable"),
     ("cache_namespace", 3),
     ("cache_maxsize", 10.5),
@@ -74,6 +77,7 @@ VALUE_ERRORS: list[tuple[str, Any]] = [
     ("cache_ttl", -5),
     ("cache_ttl", float("nan")),
     ("cache_backend", "memcached"),
+    ("cache_backend", "twat"),
     ("cache_namespace", ".."),
     ("cache_namespace", "a/b"),
     ("cache_namespace", "a\\b"),
@@ -154,13 +158,32 @@ def test_arg_fallback_accepts_any_single_parameter(name: str) -> None:
     assert opero(arg_fallback=name)(target)("p") == "p"
 
 
-def test_nothing_is_validated_again_at_call_time() -> None:
-    calls: list[int] = []
+def test_nothing_is_validated_or_inspected_at_call_time(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float]
+) -> None:
+    calls: list[Any] = []
 
-    @opero(retries=0)
-    def f(x: int) -> int:
+    @opero(cache=False, retries=1, arg_fallback="model")
+    def ask(prompt: str, model: Any = ("a", "b")) -> str:
+        calls.append(model)
+        if model == "a":
+            raise ConnectionError
+        return prompt
+
+    @opero(cache=False, retries=2)
+    def flaky(x: int) -> int:
         calls.append(x)
+        if len(calls) < 5:
+            raise OSError
         return x
 
-    assert [f(i) for i in range(3)] == [0, 1, 2]
-    assert calls == [0, 1, 2]
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("called on the call path")
+
+    monkeypatch.setattr(inspect, "signature", forbidden)
+    monkeypatch.setattr(options_module, "build_options", forbidden)
+    for name in list(options_module._CHECKS):
+        monkeypatch.setitem(options_module._CHECKS, name, forbidden)
+    assert ask("hi") == "hi"
+    assert flaky(7) == 7
+    assert calls == ["a", "a", "b", 7, 7]

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
+import pickle
 import time
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import opero.core.retry as retry_module
 from conftest import Flaky
-from opero import opero
+from helpers import run_python
+from opero import OperoError, RetryPredicateError, opero
 from opero.core.options import build_options
 from opero.core.retry import RetryPolicy
 
@@ -304,10 +307,98 @@ async def test_async_callable_object_is_awaited_and_retried(sleeps: list[float])
     assert len(client.flaky.calls) == 2
 
 
-def test_tenacity_is_not_entered_on_success(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the success path must not reach the retry driver")
+def test_tenacity_is_not_entered_on_success() -> None:
+    result = run_python(
+        """
+        import asyncio, sys
+        from opero import opero
 
-    monkeypatch.setattr("opero.decorators.opero.retry_sync", refuse)
-    assert opero(cache=False)(Flaky())(3) == 3
-    assert retry_module.sync_sleep is time.sleep
+        @opero(cache=False)
+        def plain(x):
+            return x
+
+        @opero(cache=False, arg_fallback="model")
+        def with_fallback(model=("a", "b")):
+            return model
+
+        @opero(cache=False)
+        async def coro(x):
+            return x
+
+        assert plain(1) == 1 and with_fallback() == "a" and asyncio.run(coro(2)) == 2
+        print("tenacity" in sys.modules)
+
+        @opero(cache=False, min_delay=0)
+        def fails_once(state=[]):
+            state.append(1)
+            if len(state) == 1:
+                raise OSError
+            return len(state)
+
+        assert fails_once() == 2
+        print("tenacity" in sys.modules)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "True"]
+
+
+def test_predicate_that_raises_keeps_the_original_failure(sleeps: list[float]) -> None:
+    original = ConnectionError("original")
+    bug = RuntimeError("bug in predicate")
+
+    def broken(exc: BaseException) -> bool:
+        raise bug
+
+    flaky = Flaky(original)
+    with pytest.raises(RetryPredicateError) as info:
+        opero(cache=False, retry_on=broken)(flaky)(1)
+    assert info.value.failure is original
+    assert info.value.__cause__ is bug
+    assert len(flaky.calls) == 1
+    assert isinstance(info.value, OperoError)
+    clone = pickle.loads(pickle.dumps(info.value))
+    assert str(clone) == str(info.value)
+
+
+def test_predicate_that_raises_on_a_later_attempt(sleeps: list[float]) -> None:
+    def only_first(exc: BaseException) -> bool:
+        if "second" in str(exc):
+            raise ValueError("predicate bug")
+        return True
+
+    flaky = Flaky(OSError("first"), OSError("second"))
+    with pytest.raises(RetryPredicateError) as info:
+        opero(cache=False, retry_on=only_first)(flaky)(1)
+    assert str(info.value.failure) == "second"
+    assert len(flaky.calls) == 2
+
+
+async def test_partial_of_an_async_callable_object_is_async(sleeps: list[float]) -> None:
+    class Client:
+        def __init__(self) -> None:
+            self.flaky = Flaky(ConnectionError())
+
+        async def __call__(self, x: int) -> object:
+            return await self.flaky.acall(x)
+
+    client = Client()
+    wrapped = opero(cache=False, retries=2)(functools.partial(client, 5))
+    assert inspect.iscoroutinefunction(wrapped)
+    assert await wrapped() == 5
+    assert len(client.flaky.calls) == 2
+
+
+def test_gave_up_is_logged_only_when_retries_ran_out(
+    opero_logs: list[str], sleeps: list[float]
+) -> None:
+    recovered = Flaky(OSError("x"))
+    opero(cache=False, retries=2)(recovered)(1)
+    stopped_early = Flaky(OSError("x"), KeyError("not retried"))
+    with pytest.raises(KeyError):
+        opero(cache=False, retries=3, retry_on=OSError)(stopped_early)(1)
+    assert not any("gave up" in line for line in opero_logs)
+    exhausted = Flaky(*[OSError("x")] * 3)
+    with pytest.raises(OSError, match="x"):
+        opero(cache=False, retries=2)(exhausted)(1)
+    assert sum("gave up after 3 attempts" in line for line in opero_logs) == 1

@@ -14,6 +14,7 @@ from opero.exceptions import (
     OperoError,
     OpmapError,
     RemoteError,
+    RetryPredicateError,
     WorkerCrashedError,
 )
 from opero.utils.logging import disable_if_loguru_loaded
@@ -23,6 +24,7 @@ __all__ = [
     "OperoError",
     "OpmapError",
     "RemoteError",
+    "RetryPredicateError",
     "WorkerCrashedError",
     "__version__",
     "opero",

@@ -35,6 +35,25 @@ class AllFailedError(OperoError, ExceptionGroup[Exception]):
         return AllFailedError(self.message, excs)
 
 
+class RetryPredicateError(OperoError):
+    """The `retry_on` predicate itself raised while judging `failure`.
+
+    `__cause__` is the predicate's exception and `.failure` the exception it was asked
+    about, so neither is lost. Never retried, and never a reason to try the next
+    fallback value: it is a bug in the predicate, not a failure of the call.
+    """
+
+    def __init__(self, failure: BaseException, bug: BaseException) -> None:
+        super().__init__(
+            f"retry_on predicate raised {type(bug).__name__} while judging {type(failure).__name__}"
+        )
+        self.failure = failure
+        self.__cause__ = bug
+
+    def __reduce__(self) -> tuple[type[RetryPredicateError], tuple[BaseException, BaseException]]:
+        return (type(self), (self.failure, self.__cause__ or self))
+
+
 class OpmapError(OperoError, ExceptionGroup[Exception]):
     """Some items of an `@opmap` call failed; the others' results are kept.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-BUILTIN_CACHE_BACKENDS = frozenset({"memory", "disk", "redis", "twat"})
+BUILTIN_CACHE_BACKENDS = frozenset({"memory", "disk", "redis"})
 
 
 @runtime_checkable

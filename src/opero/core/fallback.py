@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from opero.core.retry import RetryPolicy, retry_async, retry_sync
-from opero.exceptions import AllFailedError
+from opero.exceptions import AllFailedError, RetryPredicateError
 from opero.utils.logging import log
 
 R = TypeVar("R")
@@ -70,7 +70,7 @@ class FallbackParameter:
                 f"{self.function_name}(): {self.name!r} holds an empty sequence; "
                 "arg_fallback needs at least one value"
             )
-        return held
+        return tuple(held)  # a snapshot: the caller's list may change during the call
 
     def substitute(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], value: Any
@@ -124,6 +124,8 @@ def call_with_fallback_sync(
             except Exception as exc:
                 first = exc
             return retry_sync(policy, fallback.function_name, func, call_args, call_kwargs, first)
+        except RetryPredicateError:
+            raise  # a bug in retry_on says nothing about this value
         except Exception as exc:
             errors.append(exc)
             if index + 1 < len(values):
@@ -150,6 +152,8 @@ async def call_with_fallback_async(
                 first = exc
             name = fallback.function_name
             return await retry_async(policy, name, func, call_args, call_kwargs, first)
+        except RetryPredicateError:
+            raise
         except Exception as exc:
             errors.append(exc)
             if index + 1 < len(values):

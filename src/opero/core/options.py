@@ -133,6 +133,8 @@ def _cache_backend(where: str, value: object) -> None:
         if value not in BUILTIN_CACHE_BACKENDS:
             choices = ", ".join(sorted(BUILTIN_CACHE_BACKENDS))
             raise ValueError(f"{where} must be one of {choices} or a backend object, got {value!r}")
+    elif isinstance(value, type):
+        raise TypeError(f"{where} must be a backend instance, not the class {value.__name__}")
     elif not isinstance(value, CacheBackend):
         raise TypeError(
             f"{where} must be a backend name or an object with get, set, delete and clear "

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from opero.core.options import OperoOptions
+from opero.exceptions import RetryPredicateError
 from opero.utils.logging import log
 
 if TYPE_CHECKING:
@@ -84,7 +85,10 @@ class RetryPolicy:
         if self.types is not None:
             return isinstance(exc, self.types)
         assert self.predicate is not None
-        return bool(self.predicate(exc))
+        try:
+            return bool(self.predicate(exc))
+        except Exception as bug:
+            raise RetryPredicateError(exc, bug) from bug
 
 
 def _retrying_options(policy: RetryPolicy, name: str) -> dict[str, Any]:

@@ -56,7 +56,7 @@ def decorate(func: Callable[P, R], options: OperoOptions) -> Callable[P, R]:
         return cast(Callable[P, R], type(func)(decorate(inner, options)))
     if not callable(func):
         raise TypeError(f"opero() decorates a function, got {func!r}")
-    name = getattr(func, "__qualname__", None) or repr(func)
+    name = _display_name(func)
     policy = RetryPolicy(options)
     fallback = FallbackParameter(func, options.arg_fallback, name) if options.arg_fallback else None
     if _is_async(func):
@@ -74,12 +74,26 @@ def decorate(func: Callable[P, R], options: OperoOptions) -> Callable[P, R]:
     return cast(Callable[P, R], wrapper)
 
 
+def _innermost(func: Callable[..., Any]) -> Callable[..., Any]:
+    while isinstance(func, functools.partial):
+        func = func.func
+    return func
+
+
+def _display_name(func: Callable[..., Any]) -> str:
+    # For logs and error messages. Never repr(): a partial's or a dataclass's repr shows
+    # the arguments it holds, and those are often API keys.
+    inner = _innermost(func)
+    return getattr(inner, "__qualname__", None) or type(inner).__qualname__
+
+
 def _is_async(func: Callable[..., Any]) -> bool:
     if inspect.iscoroutinefunction(func):
         return True
-    # A callable object whose __call__ is `async def`.
-    call = getattr(type(func), "__call__", None)  # noqa: B004 - the class's, not callable()
-    return not inspect.isroutine(func) and inspect.iscoroutinefunction(call)
+    # A callable object whose __call__ is `async def`, possibly inside partials.
+    inner = _innermost(func)
+    call = getattr(type(inner), "__call__", None)  # noqa: B004 - the class's, not callable()
+    return not inspect.isroutine(inner) and inspect.iscoroutinefunction(call)
 
 
 def _cache_clear() -> None:
