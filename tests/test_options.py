@@ -17,17 +17,20 @@ def target(prompt: str, model: str = "a", *rest: int, key: str = "k", **extra: i
 
 
 class GoodBackend:
+    def __init__(self) -> None:
+        self.entries: dict[str, object] = {}
+
     def get(self, key: str) -> object:
-        return None
+        return self.entries[key]
 
     def set(self, key: str, value: object, ttl: float | None) -> None:
-        pass
+        self.entries[key] = value
 
     def delete(self, key: str) -> None:
-        pass
+        self.entries.pop(key, None)
 
     def clear(self) -> None:
-        pass
+        self.entries.clear()
 
 
 class NotAnException:
@@ -134,12 +137,18 @@ def test_unknown_option_is_a_type_error_with_a_suggestion() -> None:
         {"retry_on": (ValueError, KeyError), "jitter": False},
         {"retry_on": is_retryable},
         {"rate_limit": 0.5, "rate_limit_backend": "redis"},
-        {"cache_backend": "redis", "cache_ttl": None, "rate_limit": None},
+        {"cache_backend": "redis", "cache": False, "cache_ttl": None, "rate_limit": None},
     ],
 )
 def test_valid_options_are_accepted(options: dict[str, Any]) -> None:
     wrapped = opero(**options)(target)
     assert wrapped("hi") == "hi"
+
+
+@pytest.mark.parametrize("backend", ["disk", "redis"])
+def test_backends_not_built_yet_say_so_at_decoration(backend: str) -> None:
+    with pytest.raises(NotImplementedError, match=f"cache_backend={backend!r} is not available"):
+        opero(cache_backend=backend)(target)
 
 
 def test_arg_fallback_must_name_a_parameter() -> None:

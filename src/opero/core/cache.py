@@ -1,16 +1,30 @@
-"""Cache backends. The backends themselves arrive with the caching work (see TODO.md);
-this module holds the protocol that `cache_backend=` objects are checked against."""
+"""The cache step: look a call up before anything else, store its result after.
+
+Backends implement `CacheBackend`. The in-process memory backend takes hashable tuples as
+keys; every other backend gets portable string keys (`cache_keys.portable_key`).
+Concurrent callers of one missing key (threads, or asyncio tasks) wait for a single
+computation and share its outcome. Exceptions are never cached; `None` is a result.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import threading
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from opero.core.options import OperoOptions
 
 BUILTIN_CACHE_BACKENDS = frozenset({"memory", "disk", "redis"})
 
 
 @runtime_checkable
 class CacheBackend(Protocol):
-    """What an object passed as ``cache_backend=`` must offer."""
+    """What an object passed as ``cache_backend=`` must offer.
+
+    `get` raises `KeyError` for a missing (or expired) key; `set` stores with a time to
+    live in seconds (`None`: until evicted).
+    """
 
     def get(self, key: str) -> object: ...
 
@@ -19,3 +33,217 @@ class CacheBackend(Protocol):
     def delete(self, key: str) -> None: ...
 
     def clear(self) -> None: ...
+
+
+class CacheInfo(NamedTuple):
+    """What `fn.cache_info()` returns, in the spirit of `functools.lru_cache`."""
+
+    hits: int
+    misses: int
+    size: int | None
+
+
+class MemoryBackend:
+    """A bounded LRU (with TTL when given) from cachetools, made safe for threads."""
+
+    def __init__(self, maxsize: int, ttl: float | None) -> None:
+        from cachetools import Cache, LRUCache, TTLCache
+
+        self._entries: Cache[Any, Any] = (
+            TTLCache(maxsize, ttl) if ttl is not None else LRUCache(maxsize)
+        )
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> object:
+        with self._lock:
+            return self._entries[key]
+
+    def set(self, key: Any, value: object, ttl: float | None = None) -> None:
+        with self._lock:
+            self._entries[key] = value
+
+    def delete(self, key: Any) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            expire = getattr(self._entries, "expire", None)
+            if expire is not None:
+                expire()  # TTLCache counts expired entries until they are purged
+            return len(self._entries)
+
+
+class _Flight:
+    """One computation of a missing key that other threads wait for."""
+
+    __slots__ = ("done", "error", "value")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.value: object = None
+        self.error: BaseException | None = None
+
+    def outcome(self) -> object:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class CacheStep:
+    """One decorated function's cache: lookups, single-flight misses, statistics."""
+
+    def __init__(self, backend: Any, ttl: float | None, key_of: Callable[..., Any]) -> None:
+        self.backend = backend
+        self.ttl = ttl
+        self.key_of = key_of  # (args, kwargs) -> backend key
+        self.hits = 0
+        self.misses = 0
+        self._lock = threading.Lock()
+        self._flights: dict[Any, _Flight] = {}
+        self._async_flights: dict[Any, Any] = {}  # key -> asyncio.Future
+
+    def wrap_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        """`func` behind this cache. The hit path is inlined: it runs on every call."""
+        key_of, get, miss, step = self.key_of, self.backend.get, self._miss_sync, self
+
+        def cached(*args: Any, **kwargs: Any) -> Any:
+            try:
+                key = key_of(args, kwargs)
+            except TypeError:
+                return func(*args, **kwargs)  # arguments that do not bind: let the call say so
+            try:
+                value = get(key)
+            except KeyError:
+                return miss(func, args, kwargs, key)
+            step.hits += 1
+            return value
+
+        return cached
+
+    def _miss_sync(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], key: Any
+    ) -> Any:
+        with self._lock:
+            flight = self._flights.get(key)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[key] = _Flight()
+        if not leader:
+            return flight.outcome()
+        try:
+            try:  # another leader may have stored it between our lookup and our flight
+                flight.value = self.backend.get(key)
+                self.hits += 1
+            except KeyError:
+                self.misses += 1
+                flight.value = func(*args, **kwargs)
+                self.backend.set(key, flight.value, self.ttl)
+        except BaseException as exc:
+            flight.error = exc
+            raise
+        finally:
+            with self._lock:
+                del self._flights[key]
+            flight.done.set()
+        return flight.value
+
+    def wrap_async(self, func: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+        """The async twin of `wrap_sync`; backends with `aget`/`aset` are awaited."""
+        key_of, miss, step, backend = self.key_of, self._miss_async, self, self.backend
+
+        async def cached(*args: Any, **kwargs: Any) -> Any:
+            try:
+                key = key_of(args, kwargs)
+            except TypeError:
+                return await func(*args, **kwargs)
+            try:
+                value = await _maybe_await(backend, "aget", "get", key)
+            except KeyError:
+                return await miss(func, args, kwargs, key)
+            step.hits += 1
+            return value
+
+        return cached
+
+    async def _miss_async(
+        self,
+        func: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        key: Any,
+    ) -> Any:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        while True:
+            shared = self._async_flights.get(key)
+            if shared is None or shared.get_loop() is not loop:
+                break
+            try:
+                return await asyncio.shield(shared)
+            except asyncio.CancelledError:
+                if not shared.cancelled():
+                    raise  # this waiter was cancelled, not the computation
+                # The leader was cancelled: the next waiter computes.
+        future = loop.create_future()
+        self._async_flights[key] = future
+        try:
+            self.misses += 1
+            value = await func(*args, **kwargs)
+            await _maybe_await(self.backend, "aset", "set", key, value, self.ttl)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # marks it retrieved: no "never retrieved" warning
+            raise
+        else:
+            future.set_result(value)
+            return value
+        finally:
+            if self._async_flights.get(key) is future:
+                del self._async_flights[key]
+
+    def clear(self) -> None:
+        self.backend.clear()
+        self.hits = self.misses = 0
+
+    def info(self) -> CacheInfo:
+        size = len(self.backend) if hasattr(self.backend, "__len__") else None
+        return CacheInfo(self.hits, self.misses, size)
+
+
+async def _maybe_await(backend: Any, async_name: str, sync_name: str, *args: Any) -> Any:
+    method = getattr(backend, async_name, None)
+    if method is not None:
+        return await method(*args)
+    return getattr(backend, sync_name)(*args)
+
+
+def build_cache_step(func: Callable[..., Any], options: OperoOptions) -> CacheStep:
+    """The cache step `options` ask for, for `func` (at decoration)."""
+    from opero.core.cache_keys import KeyBuilder, function_identity, portable_key
+
+    keys = KeyBuilder(func, options.cache_key)
+    backend = options.cache_backend
+    if backend == "memory":
+        memory = MemoryBackend(options.cache_maxsize, options.cache_ttl)
+        return CacheStep(memory, options.cache_ttl, keys.build)
+    if isinstance(backend, str):
+        raise NotImplementedError(
+            f"opero(): cache_backend={backend!r} is not available in this release yet; "
+            "use 'memory' or a backend object"
+        )
+    identity = function_identity(func)
+
+    def portable(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        return portable_key(identity, keys.build(args, kwargs))
+
+    return CacheStep(backend, options.cache_ttl, portable)

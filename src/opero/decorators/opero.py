@@ -11,6 +11,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar, Unpack, cast, overload
 
+from opero.core.cache import CacheInfo, build_cache_step
 from opero.core.fallback import (
     FallbackParameter,
     call_with_fallback_async,
@@ -69,8 +70,13 @@ def decorate(func: Callable[P, R], options: OperoOptions) -> Callable[P, R]:
         wrapper = _sync_wrapper(func, policy, name)
     else:
         wrapper = _sync_fallback_wrapper(func, policy, fallback)
+    step = build_cache_step(func, options) if options.cache else None
+    if step is not None:
+        # The outermost step: a hit returns before fallback, retry or rate limit.
+        wrapper = step.wrap_async(wrapper) if _is_async(func) else step.wrap_sync(wrapper)
     functools.update_wrapper(wrapper, func)
-    wrapper.cache_clear = _cache_clear  # type: ignore[attr-defined]
+    wrapper.cache_clear = step.clear if step else _no_cache_clear  # type: ignore[attr-defined]
+    wrapper.cache_info = step.info if step else _no_cache_info  # type: ignore[attr-defined]
     return cast(Callable[P, R], wrapper)
 
 
@@ -96,8 +102,13 @@ def _is_async(func: Callable[..., Any]) -> bool:
     return not inspect.isroutine(inner) and inspect.iscoroutinefunction(call)
 
 
-def _cache_clear() -> None:
-    """Empty this function's cache. (The cache itself arrives in a later release.)"""
+def _no_cache_clear() -> None:
+    """Empty this function's cache (it has none: ``cache=False``)."""
+
+
+def _no_cache_info() -> CacheInfo:
+    """This function's cache statistics (it has none: ``cache=False``)."""
+    return CacheInfo(0, 0, 0)
 
 
 # The four wrappers below are the hot path: the first attempt is a plain call, and the
