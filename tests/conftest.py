@@ -1,7 +1,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from loguru import logger
@@ -53,3 +59,74 @@ class Flaky:
     async def acall(self, *args: object, **kwargs: object) -> object:
         await asyncio.sleep(0)
         return self(*args, **kwargs)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on a free loopback port, for this test session only.
+
+    Skipped when redis-server is not installed, unless OPERO_REQUIRE_REDIS=1 (as in CI),
+    where a missing server fails the run instead.
+    """
+    server = shutil.which("redis-server")
+    if server is None:
+        if os.environ.get("OPERO_REQUIRE_REDIS") == "1":
+            pytest.fail("OPERO_REQUIRE_REDIS=1 but redis-server is not installed")
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    port = _free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    command = [
+        server,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    process = subprocess.Popen(
+        [*command, "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn:
+                conn.sendall(b"PING\r\n")
+                if conn.recv(16).startswith(b"+PONG"):
+                    break
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                pytest.fail("redis-server did not start")
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture
+def redis_env(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """OPERO_REDIS_URL pointing at the test server, emptied before each test."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    monkeypatch.setenv("OPERO_REDIS_URL", redis_url)
+    yield redis_url
+    client.close()
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """OPERO_CACHE_DIR pointing at a fresh folder."""
+    root = tmp_path / "opero-cache"
+    monkeypatch.setenv("OPERO_CACHE_DIR", str(root))
+    return root

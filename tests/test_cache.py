@@ -366,7 +366,9 @@ def test_backend_objects_get_portable_keys_and_the_ttl() -> None:
     assert g(1) == 3
     keys = list(backend.entries)
     assert len(keys) == 2
-    assert all(len(key) == 64 and int(key, 16) >= 0 for key in keys)
+    identity_f = f"{__name__}:test_backend_objects_get_portable_keys_and_the_ttl.<locals>.f:"
+    assert keys[0].startswith(identity_f)
+    assert all(len(key.rsplit(":", 1)[1]) == 64 for key in keys)
     assert backend.ttls == [30, None]
 
 

@@ -145,12 +145,6 @@ def test_valid_options_are_accepted(options: dict[str, Any]) -> None:
     assert wrapped("hi") == "hi"
 
 
-@pytest.mark.parametrize("backend", ["disk", "redis"])
-def test_backends_not_built_yet_say_so_at_decoration(backend: str) -> None:
-    with pytest.raises(NotImplementedError, match=f"cache_backend={backend!r} is not available"):
-        opero(cache_backend=backend)(target)
-
-
 def test_arg_fallback_must_name_a_parameter() -> None:
     with pytest.raises(ValueError, match=r"arg_fallback='modle' names no parameter of target\(\)"):
         opero(arg_fallback="modle")(target)

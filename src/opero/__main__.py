@@ -1,4 +1,4 @@
-"""Command line: ``python -m opero demo`` (more commands arrive with later features)."""
+"""Command line: ``python -m opero demo`` and ``python -m opero cache list|clear``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("demo", help="run opero against a simulated flaky service")
+    from opero._cache_cli import add_parser
+
+    add_parser(commands)
     args = parser.parse_args(argv)
     if args.version:
         import opero
@@ -21,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
         from opero._demo import run_demo
 
         return run_demo()
+    if args.command == "cache":
+        from opero._cache_cli import run
+
+        return run(args)
     parser.print_help()
     return 2
 

@@ -78,6 +78,9 @@ class MemoryBackend:
             return len(self._entries)
 
 
+_UNBOUND: Any = object()  # no key (arguments did not bind), or no value found
+
+
 class _Flight:
     """One computation of a missing key that other threads wait for."""
 
@@ -110,23 +113,42 @@ class CacheStep:
 
     def wrap_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
         """`func` behind this cache. The hit path is inlined: it runs on every call."""
-        key_of, get, miss, step = self.key_of, self.backend.get, self._miss_sync, self
+        key_of, get, step = self.key_of, self.backend.get, self
 
         def cached(*args: Any, **kwargs: Any) -> Any:
+            key = _UNBOUND
             try:
                 key = key_of(args, kwargs)
-            except TypeError:
-                return func(*args, **kwargs)  # arguments that do not bind: let the call say so
-            try:
                 value = get(key)
-            except KeyError:
-                return miss(func, args, kwargs, key)
-            step.hits += 1
-            return value
+            except Exception as exc:
+                problem = exc
+            else:
+                step.hits += 1
+                return value
+            # Outside the except block, so the call's own errors get no KeyError context.
+            if step.usable_miss(key, problem):
+                return step.miss_sync(func, args, kwargs, key)
+            return func(*args, **kwargs)
 
         return cached
 
-    def _miss_sync(
+    def usable_miss(self, key: Any, problem: Exception) -> bool:
+        """After a failed lookup: is it a plain miss to compute and store?
+
+        Arguments that do not bind (TypeError) and cache outages are called through,
+        uncached, so the call itself reports or succeeds; a custom `cache_key` that
+        raises anything else is a bug and propagates.
+        """
+        if key is _UNBOUND:
+            if isinstance(problem, TypeError):
+                return False
+            raise problem
+        if isinstance(problem, KeyError):
+            return True
+        _log_backend_error("read", problem)
+        return False
+
+    def miss_sync(
         self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], key: Any
     ) -> Any:
         with self._lock:
@@ -137,13 +159,7 @@ class CacheStep:
         if not leader:
             return flight.outcome()
         try:
-            try:  # another leader may have stored it between our lookup and our flight
-                flight.value = self.backend.get(key)
-                self.hits += 1
-            except KeyError:
-                self.misses += 1
-                flight.value = func(*args, **kwargs)
-                self.backend.set(key, flight.value, self.ttl)
+            flight.value = self._compute_sync(func, args, kwargs, key)
         except BaseException as exc:
             flight.error = exc
             raise
@@ -153,25 +169,42 @@ class CacheStep:
             flight.done.set()
         return flight.value
 
+    def _compute_sync(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], key: Any
+    ) -> Any:
+        try:  # another leader may have stored it between our lookup and our flight
+            value = self.backend.get(key)
+        except Exception:
+            value = _UNBOUND
+        if value is not _UNBOUND:
+            self.hits += 1
+            return value
+        self.misses += 1
+        value = func(*args, **kwargs)
+        self._store(key, value)
+        return value
+
     def wrap_async(self, func: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
         """The async twin of `wrap_sync`; backends with `aget`/`aset` are awaited."""
-        key_of, miss, step, backend = self.key_of, self._miss_async, self, self.backend
+        key_of, step, backend = self.key_of, self, self.backend
 
         async def cached(*args: Any, **kwargs: Any) -> Any:
+            key = _UNBOUND
             try:
                 key = key_of(args, kwargs)
-            except TypeError:
-                return await func(*args, **kwargs)
-            try:
                 value = await _maybe_await(backend, "aget", "get", key)
-            except KeyError:
-                return await miss(func, args, kwargs, key)
-            step.hits += 1
-            return value
+            except Exception as exc:
+                problem = exc
+            else:
+                step.hits += 1
+                return value
+            if step.usable_miss(key, problem):
+                return await step.miss_async(func, args, kwargs, key)
+            return await func(*args, **kwargs)
 
         return cached
 
-    async def _miss_async(
+    async def miss_async(
         self,
         func: Callable[..., Awaitable[Any]],
         args: tuple[Any, ...],
@@ -196,7 +229,10 @@ class CacheStep:
         try:
             self.misses += 1
             value = await func(*args, **kwargs)
-            await _maybe_await(self.backend, "aset", "set", key, value, self.ttl)
+            try:
+                await _maybe_await(self.backend, "aset", "set", key, value, self.ttl)
+            except Exception as exc:
+                _log_backend_error("write", exc)
         except asyncio.CancelledError:
             future.cancel()
             raise
@@ -211,6 +247,12 @@ class CacheStep:
             if self._async_flights.get(key) is future:
                 del self._async_flights[key]
 
+    def _store(self, key: Any, value: object) -> None:
+        try:
+            self.backend.set(key, value, self.ttl)
+        except Exception as exc:
+            _log_backend_error("write", exc)
+
     def clear(self) -> None:
         self.backend.clear()
         self.hits = self.misses = 0
@@ -218,6 +260,12 @@ class CacheStep:
     def info(self) -> CacheInfo:
         size = len(self.backend) if hasattr(self.backend, "__len__") else None
         return CacheInfo(self.hits, self.misses, size)
+
+
+def _log_backend_error(action: str, exc: Exception) -> None:
+    from opero.utils.logging import log
+
+    log().warning("cache {} failed with {}; calling without the cache", action, type(exc).__name__)
 
 
 async def _maybe_await(backend: Any, async_name: str, sync_name: str, *args: Any) -> Any:
@@ -236,14 +284,18 @@ def build_cache_step(func: Callable[..., Any], options: OperoOptions) -> CacheSt
     if backend == "memory":
         memory = MemoryBackend(options.cache_maxsize, options.cache_ttl)
         return CacheStep(memory, options.cache_ttl, keys.build)
-    if isinstance(backend, str):
-        raise NotImplementedError(
-            f"opero(): cache_backend={backend!r} is not available in this release yet; "
-            "use 'memory' or a backend object"
-        )
     identity = function_identity(func)
+    if backend == "disk":
+        from opero.core.cache_backends import DiskBackend
+
+        backend = DiskBackend(options.cache_namespace, identity)
+    elif backend == "redis":
+        from opero.core.cache_backends import RedisBackend
+
+        backend = RedisBackend(options.cache_namespace, identity)
+    prefix = identity + ":"
 
     def portable(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-        return portable_key(identity, keys.build(args, kwargs))
+        return prefix + portable_key(identity, keys.build(args, kwargs))
 
     return CacheStep(backend, options.cache_ttl, portable)

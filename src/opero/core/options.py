@@ -147,7 +147,8 @@ def _callable_or_none(where: str, value: object) -> None:
         raise TypeError(f"{where} must be a callable or None, got {value!r}")
 
 
-def _cache_namespace(where: str, value: object) -> None:
+def check_cache_namespace(where: str, value: object) -> None:
+    """A namespace is one plain folder name: it must never lead out of the cache root."""
     if not isinstance(value, str):
         raise TypeError(f"{where} must be a str, got {value!r}")
     escapes = value in {"", ".", ".."} or any(sep in value for sep in ("/", "\\", "\0"))
@@ -202,7 +203,7 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "cache_ttl": _positive_or_none,
     "cache_backend": _cache_backend,
     "cache_key": _callable_or_none,
-    "cache_namespace": _cache_namespace,
+    "cache_namespace": check_cache_namespace,
     "cache_maxsize": _int_at_least(1),
     "retries": _int_at_least(0),
     "backoff_factor": _backoff_factor,

@@ -1,0 +1,143 @@
+"""Cache backends that leave the process: disk (diskcache) and Redis (redis-py).
+
+Each instance serves one decorated function (`identity`), so `clear()` and `len()` reach
+only that function's entries while a namespace is shared. Values are pickled: a cache
+directory or Redis database must be trusted like code, since unpickling runs code.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+_MISSING = object()
+
+
+def cache_root() -> Path:
+    """Where disk namespaces live: ``$OPERO_CACHE_DIR``, else the user's cache folder."""
+    configured = os.environ.get("OPERO_CACHE_DIR")
+    if configured:
+        return Path(configured)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("opero"))
+
+
+def private_directory(path: Path, *, always: bool = True) -> Path:
+    """Make sure `path` exists; created (or, when `always`, kept) readable by this user only.
+
+    A folder the user configured and opero did not create keeps its mode unless `always`.
+    """
+    if not path.is_dir():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, exist_ok=True)
+        always = True
+    if always:
+        path.chmod(0o700)  # mkdir's mode is filtered by the umask
+    return path
+
+
+class DiskBackend:
+    """A diskcache `Cache` in ``<cache root>/<namespace>``, shared by processes."""
+
+    def __init__(self, namespace: str, identity: str, directory: str | Path | None = None) -> None:
+        import diskcache
+
+        if directory is None:
+            root = private_directory(cache_root(), always=False)
+            self.directory = private_directory(root / namespace)
+        else:
+            self.directory = private_directory(Path(directory))
+        self.prefix = identity + ":"
+        self._cache = diskcache.Cache(str(self.directory))
+
+    def get(self, key: str) -> object:
+        value = self._cache.get(key, default=_MISSING, retry=True)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def set(self, key: str, value: object, ttl: float | None) -> None:
+        self._cache.set(key, value, expire=ttl, retry=True)
+
+    def delete(self, key: str) -> None:
+        self._cache.delete(key, retry=True)
+
+    def _own_keys(self) -> list[str]:
+        return [
+            k for k in self._cache.iterkeys() if isinstance(k, str) and k.startswith(self.prefix)
+        ]
+
+    def clear(self) -> None:
+        for key in self._own_keys():
+            self._cache.delete(key, retry=True)
+
+    def __len__(self) -> int:
+        self._cache.expire()
+        return len(self._own_keys())
+
+    def close(self) -> None:
+        self._cache.close()
+
+
+class RedisBackend:
+    """Entries under ``opero:<namespace>:<function>:<hash>`` in Redis, expiring there.
+
+    Async functions do their Redis I/O in a worker thread, never on the event loop.
+    """
+
+    def __init__(self, namespace: str, identity: str, url: str | None = None) -> None:
+        import redis
+
+        self.url = url or os.environ.get("OPERO_REDIS_URL") or DEFAULT_REDIS_URL
+        self.prefix = f"opero:{namespace}:"
+        self.own = f"{self.prefix}{identity}:"
+        self._client = redis.Redis.from_url(self.url)
+
+    def _full(self, key: str) -> str:
+        return self.prefix + key
+
+    def get(self, key: str) -> object:
+        raw = self._client.get(self._full(key))
+        if raw is None:
+            raise KeyError(key)
+        assert isinstance(raw, bytes)  # the client does not decode responses
+        return pickle.loads(raw)  # the Redis database is trusted like code (see README)
+
+    def set(self, key: str, value: object, ttl: float | None) -> None:
+        px = max(1, round(ttl * 1000)) if ttl is not None else None
+        self._client.set(self._full(key), pickle.dumps(value, protocol=5), px=px)
+
+    def delete(self, key: str) -> None:
+        self._client.delete(self._full(key))
+
+    def _own_keys(self) -> list[bytes]:
+        pattern = _glob_escape(self.own) + "*"
+        return list(self._client.scan_iter(match=pattern, count=500))
+
+    def clear(self) -> None:
+        keys = self._own_keys()
+        for start in range(0, len(keys), 500):
+            self._client.delete(*keys[start : start + 500])
+
+    def __len__(self) -> int:
+        return len(self._own_keys())
+
+    # Async functions reach Redis through the thread pool with the same (thread-safe)
+    # client: the event loop never blocks, and nothing is bound to one event loop, so
+    # successive asyncio.run() calls work and no connection is left open on a dead loop.
+    async def aget(self, key: str) -> object:
+        import asyncio
+
+        return await asyncio.to_thread(self.get, key)
+
+    async def aset(self, key: str, value: object, ttl: float | None) -> None:
+        import asyncio
+
+        await asyncio.to_thread(self.set, key, value, ttl)
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
