@@ -52,6 +52,8 @@ def test_demo_runs_all_three_scenarios() -> None:
     assert "AllFailedError: " in out
     assert "value 2: ConnectionError" in out
     assert "attempt 1 failed with ConnectionError" in out
+    assert "cache_info: hits=1 misses=1 size=1" in out
+    assert "second call: [a] answer to 'What is cached?'" in out
 
 
 def test_cli_without_a_command_shows_help() -> None:
@@ -87,14 +89,21 @@ def test_readme_quick_start_matches_ci() -> None:
     assert "python3 dev.py test" in ci
 
 
-def test_overhead_benchmark_runs() -> None:
+@pytest.mark.parametrize(
+    ("script", "names"),
+    [
+        ("bench_overhead.py", ("opero", "tenacity", "stamina", "backoff")),
+        ("bench_cache.py", ("opero", "functools.lru_cache", "TTLCache", "diskcache memoize")),
+    ],
+)
+def test_benchmark_runs(script: str, names: tuple[str, ...]) -> None:
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_overhead.py"), "--quick"],
+        [sys.executable, str(ROOT / "benchmarks" / script), "--quick"],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    for name in ("opero", "tenacity", "stamina", "backoff"):
+    for name in names:
         assert name in result.stdout

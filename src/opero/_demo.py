@@ -79,6 +79,23 @@ def _all_failed_scenario() -> None:
     _say(f"   calls made: {len(service.calls)} (1 + 1 retry for each of 3 values)")
 
 
+def _cache_scenario() -> None:
+    _say("\n4. The cache in front of it all: the second call is a hit, no service call")
+    service = FlakyService({"a": 1})
+
+    @opero(retries=2, min_delay=0.05)
+    def ask(prompt: str, model: str = "a") -> str:
+        return service.complete(prompt, model)
+
+    for label in ("first call ", "second call"):
+        started = time.perf_counter()
+        answer = ask("What is cached?")
+        took = (time.perf_counter() - started) * 1000
+        _say(f"   {label}: {answer}  ({took:.3f} ms, service calls so far: {len(service.calls)})")
+    info = ask.cache_info()  # type: ignore[attr-defined]
+    _say(f"   cache_info: hits={info.hits} misses={info.misses} size={info.size}")
+
+
 def run_demo() -> int:
     """Run the scenarios, printing what happens; returns the exit status."""
     from loguru import logger
@@ -92,5 +109,6 @@ def run_demo() -> int:
     _retries_scenario()
     _fallback_scenario()
     _all_failed_scenario()
+    _cache_scenario()
     _say("\nDone.")
     return 0
