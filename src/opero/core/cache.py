@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from opero.core.options import OperoOptions
 
-BUILTIN_CACHE_BACKENDS = frozenset({"memory", "disk", "redis"})
+BUILTIN_CACHE_BACKENDS = frozenset({"memory", "disk", "redis", "twat"})
 
 
 @runtime_checkable
@@ -293,6 +293,10 @@ def build_cache_step(func: Callable[..., Any], options: OperoOptions) -> CacheSt
         from opero.core.cache_backends import RedisBackend
 
         backend = RedisBackend(options.cache_namespace, identity)
+    elif backend == "twat":
+        from opero.core.cache_twat import TwatBackend
+
+        backend = TwatBackend(options.cache_namespace)
     prefix = identity + ":"
 
     def portable(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:

@@ -69,6 +69,11 @@ def build_options(decorator: str, given: dict[str, Any]) -> OperoOptions:
     options = OperoOptions(**given)
     for name, check in _CHECKS.items():
         check(f"{decorator}(): {name}", getattr(options, name))
+    if options.cache_backend == "twat" and options.cache_ttl is not None:
+        raise ValueError(
+            f"{decorator}(): cache_ttl ({options.cache_ttl!r}) is not supported by "
+            "cache_backend='twat' (twat-cache's fcache keeps entries until cleared)"
+        )
     if options.max_delay < options.min_delay:
         raise ValueError(
             f"{decorator}(): max_delay ({options.max_delay!r}) must not be less than "
