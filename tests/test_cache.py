@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from typing import Any
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 from conftest import Flaky
 from helpers import run_python
 from opero import opero
-from opero.core.cache_keys import KeyBuilder, portable_key
+from opero.core.cache_keys import KeyBuilder, memory_key, portable_key
 
 
 class Counter:
@@ -366,9 +367,10 @@ def test_backend_objects_get_portable_keys_and_the_ttl() -> None:
     assert g(1) == 3
     keys = list(backend.entries)
     assert len(keys) == 2
-    identity_f = f"{__name__}:test_backend_objects_get_portable_keys_and_the_ttl.<locals>.f:"
+    # A local function's identity carries a digest of its code and captured values.
+    identity_f = f"{__name__}:test_backend_objects_get_portable_keys_and_the_ttl.<locals>.f#"
     assert keys[0].startswith(identity_f)
-    assert all(len(key.rsplit(":", 1)[1]) == 64 for key in keys)
+    assert all(re.fullmatch(r"[^:]+:[^:]+#[0-9a-f]{16}:[0-9a-f]{64}", key) for key in keys)
     assert backend.ttls == [30, None]
 
 
@@ -398,8 +400,159 @@ def test_property_equal_arguments_equal_keys(a: Any, b: Any) -> None:
     def f(x: Any, y: Any = None) -> None: ...
 
     keys = KeyBuilder(f, None)
-    key_positional = keys.build((a, b), {})
-    assert key_positional == keys.build((a,), {"y": b})
-    assert key_positional == keys.build((), {"x": a, "y": b})
-    hash(key_positional)
-    assert portable_key("m:f", key_positional) == portable_key("m:f", keys.build((a, b), {}))
+    bound = keys.bound((a, b), {})
+    assert bound == keys.bound((a,), {"y": b}) == keys.bound((), {"x": a, "y": b})
+    frozen = memory_key(bound)
+    hash(frozen)
+    assert frozen == memory_key(keys.bound((), {"y": b, "x": a}))
+    assert portable_key("m:f", bound) == portable_key("m:f", keys.bound((a,), {"y": b}))
+
+
+@given(a=json_values, b=json_values)
+def test_property_different_arguments_different_keys(a: Any, b: Any) -> None:
+    def f(x: Any) -> None: ...
+
+    keys = KeyBuilder(f, None)
+    # Keys may only coincide when the arguments are equal, compared with their types.
+    same = repr(a) == repr(b) and type(a) is type(b)
+    assert (
+        portable_key("m:f", keys.bound((a,), {})) == portable_key("m:f", keys.bound((b,), {}))
+    ) == same
+
+
+def test_frozen_lists_do_not_collide_with_tuples_that_look_alike() -> None:
+    counter = Counter()
+
+    @opero
+    def f(x: Any) -> int:
+        return counter.hit(x)
+
+    assert f([1, 2]) == 1
+    assert f(("<list>", (1, 2))) == 2
+    assert f(("list", (1, 2))) == 3
+    assert f({"a": 1}) == 4
+    assert f((("a", 1),)) == 5
+    assert f([1, 2]) == 1
+
+
+def test_keyword_calls_share_the_positional_key_without_binding() -> None:
+    counter = Counter()
+
+    @opero
+    def f(a: int, b: int = 2, c: int = 3) -> int:
+        return counter.hit(a, b, c)
+
+    assert f(1, c=3) == f(1) == f(a=1, b=2) == f(c=3, a=1) == 1
+    assert f(1, c=4) == 2
+    keys = KeyBuilder(f.__wrapped__, None)  # type: ignore[attr-defined]
+    assert keys.bound((1,), {"c": 3}) == (1, 2, 3)
+    with pytest.raises(TypeError):
+        keys.bound((1,), {"d": 3})
+
+
+def test_unkeyable_arguments_are_called_through_with_a_warning(opero_logs: list[str]) -> None:
+    counter = Counter()
+
+    class Holder:
+        __hash__ = None  # type: ignore[assignment]
+
+        def __init__(self) -> None:
+            self.lock = threading.Lock()  # neither hashable nor picklable
+
+    @opero
+    def f(h: Holder) -> int:
+        return counter.hit(h)
+
+    holder = Holder()
+    assert (f(holder), f(holder)) == (1, 2)
+    assert any("cache key failed with UnkeyableArgumentsError" in line for line in opero_logs)
+
+
+def test_custom_cache_key_that_raises_propagates() -> None:
+    def broken_key(*args: Any, **kwargs: Any) -> str:
+        raise RuntimeError("bug in cache_key")
+
+    @opero(cache_key=broken_key)
+    def f(x: int) -> int:
+        return x
+
+    with pytest.raises(RuntimeError, match="bug in cache_key"):
+        f(1)
+
+
+def test_arguments_that_do_not_bind_raise_the_natural_type_error() -> None:
+    @opero
+    def f(x: int) -> int:
+        return x
+
+    with pytest.raises(TypeError, match="unexpected keyword argument 'y'"):
+        f(1, y=2)  # type: ignore[call-arg]
+
+
+def test_the_calls_own_exception_has_no_cache_context() -> None:
+    error = ValueError("mine")
+
+    @opero(retries=0)
+    def f() -> int:
+        raise error
+
+    with pytest.raises(ValueError, match="mine") as info:
+        f()
+    assert info.value.__context__ is None
+
+
+def test_a_leader_stopped_by_keyboard_interrupt_hands_over_to_waiters() -> None:
+    started = threading.Event()
+    release = threading.Event()
+    calls: list[str] = []
+
+    @opero
+    def f() -> str:
+        calls.append(threading.current_thread().name)
+        if len(calls) == 1:
+            started.set()
+            release.wait(5)
+            raise KeyboardInterrupt
+        return "computed by a waiter"
+
+    results: list[object] = []
+
+    def leader() -> None:
+        try:
+            f()
+        except KeyboardInterrupt:
+            results.append("leader interrupted")
+
+    def waiter() -> None:
+        started.wait(5)
+        results.append(f())
+
+    threads = [threading.Thread(target=leader), threading.Thread(target=waiter)]
+    threads[0].start()
+    threads[1].start()
+    time.sleep(0.05)  # the waiter is now waiting on the leader's flight
+    release.set()
+    for thread in threads:
+        thread.join(5)
+    assert sorted(map(str, results)) == ["computed by a waiter", "leader interrupted"]
+    assert len(calls) == 2
+
+
+async def test_a_waiter_cancelled_with_its_leader_stays_cancelled() -> None:
+    counter = Counter()
+
+    @opero
+    async def slow() -> int:
+        await asyncio.sleep(0.05)
+        return counter.hit()
+
+    leader = asyncio.create_task(slow())
+    await asyncio.sleep(0.01)
+    waiter = asyncio.create_task(slow())
+    await asyncio.sleep(0.01)
+    leader.cancel()
+    waiter.cancel()
+    results = await asyncio.gather(leader, waiter, return_exceptions=True)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results)
+    await asyncio.sleep(0.08)
+    assert counter.calls == []

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -289,3 +292,132 @@ def test_cli_unknown_namespace_and_empty_root(cache_dir: Path) -> None:
     assert code == 1
     assert "no namespace 'nothing'" in out
     assert cli("clear")[0] == 2
+
+
+# -- identity and stale entries --------------------------------------------------------
+
+
+def stock(item: str) -> str:
+    return f"stock of {item}"
+
+
+def price(item: str) -> str:
+    return f"price of {item}"
+
+
+def fetch(base: str, item: str) -> str:
+    return f"{base}/{item}"
+
+
+def test_partials_and_closures_get_distinct_identities(cache_dir: Path) -> None:
+    import functools
+
+    a = opero(cache_backend="disk")(functools.partial(stock))
+    b = opero(cache_backend="disk")(functools.partial(price))
+    c = opero(cache_backend="disk")(functools.partial(fetch, "https://a"))
+    d = opero(cache_backend="disk")(functools.partial(fetch, "https://b"))
+    assert [a("tea"), b("tea"), c("tea"), d("tea")] == [
+        "stock of tea",
+        "price of tea",
+        "https://a/tea",
+        "https://b/tea",
+    ]
+
+    def make(n: int) -> Any:
+        @opero(cache_backend="disk")
+        def add(x: int) -> int:
+            return x + n
+
+        return add
+
+    assert (make(1)(1), make(2)(1)) == (2, 3)
+    first = opero(cache_backend="disk")(lambda x: x * 10)
+    second = opero(cache_backend="disk")(lambda x: x * 100)
+    assert (first(1), second(1)) == (10, 100)
+
+
+def test_unidentifiable_callables_are_refused_at_decoration(cache_dir: Path) -> None:
+    lock = threading.Lock()
+
+    def holds_a_lock(x: int) -> int:
+        with lock:
+            return x
+
+    with pytest.raises(ValueError, match=r"cannot tell .*holds_a_lock apart"):
+        opero(cache_backend="disk")(holds_a_lock)
+    assert opero(holds_a_lock)(3) == 3  # the memory backend needs no identity
+
+
+def test_portable_keys_of_objects_do_not_depend_on_the_hash_seed() -> None:
+    code = """
+        import dataclasses
+        from opero.core.cache_keys import portable_key
+
+        @dataclasses.dataclass(frozen=True)
+        class Query:
+            tags: frozenset
+            limit: int = 10
+
+        print(portable_key("m:f", (Query(frozenset({"alpha", "beta", "gamma", "delta"})),)))
+    """
+    outputs = set()
+    for seed in ("1", "2", "3"):
+        result = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        outputs.add(result.stdout)
+    assert len(outputs) == 1
+
+
+def test_an_entry_that_no_longer_unpickles_is_replaced(cache_dir: Path) -> None:
+    import diskcache
+
+    counter = Counter()
+
+    @opero(cache_backend="disk", cache_namespace="stale")
+    def f(x: int) -> int:
+        return counter(x)
+
+    assert f(1) == 1
+    with diskcache.Cache(str(cache_dir / "stale")) as raw:
+        (key,) = list(raw.iterkeys())
+        raw.set(key, Unpicklable())
+    Unpicklable.broken = True
+    try:
+        assert f(1) == 2  # the stale entry was dropped and recomputed
+        assert f(1) == 2
+    finally:
+        Unpicklable.broken = False
+    assert counter.calls == 2
+
+
+class Unpicklable:
+    broken = False
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, ())
+
+
+def _rebuild() -> Unpicklable:
+    if Unpicklable.broken:
+        raise ModuleNotFoundError("moved")
+    return Unpicklable()
+
+
+def test_redis_down_keeps_cache_info_working(monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import _free_port
+
+    monkeypatch.setenv("OPERO_REDIS_URL", f"redis://127.0.0.1:{_free_port()}/0")
+
+    @opero(cache_backend="redis")
+    def f(x: int) -> int:
+        return x
+
+    assert f(1) == 1
+    assert f.cache_info() == (0, 0, None)  # type: ignore[attr-defined]

@@ -12,6 +12,14 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
+from opero.core.cache_keys import (
+    KeyBuilder,
+    UnkeyableArgumentsError,
+    function_identity,
+    memory_key,
+    portable_key,
+)
+
 if TYPE_CHECKING:
     from opero.core.options import OperoOptions
 
@@ -98,13 +106,30 @@ class _Flight:
         return self.value
 
 
-class CacheStep:
-    """One decorated function's cache: lookups, single-flight misses, statistics."""
+_ABANDONED: Any = object()  # the leader stopped on a BaseException: waiters start over
 
-    def __init__(self, backend: Any, ttl: float | None, key_of: Callable[..., Any]) -> None:
+
+class CacheStep:
+    """One decorated function's cache: lookups, single-flight misses, statistics.
+
+    `key_of(args, kwargs)` gives the backend key; `freeze` (memory backend only) turns an
+    unhashable key into a hashable one when the first lookup says it is unhashable.
+    """
+
+    def __init__(
+        self,
+        backend: Any,
+        ttl: float | None,
+        key_of: Callable[..., Any],
+        *,
+        freeze: Callable[[Any], Any] | None = None,
+        custom_key: bool = False,
+    ) -> None:
         self.backend = backend
         self.ttl = ttl
-        self.key_of = key_of  # (args, kwargs) -> backend key
+        self.key_of = key_of
+        self.freeze = freeze
+        self.custom_key = custom_key
         self.hits = 0
         self.misses = 0
         self._lock = threading.Lock()
@@ -125,64 +150,13 @@ class CacheStep:
             else:
                 step.hits += 1
                 return value
-            # Outside the except block, so the call's own errors get no KeyError context.
-            if step.usable_miss(key, problem):
-                return step.miss_sync(func, args, kwargs, key)
-            return func(*args, **kwargs)
+            # Outside the except block, so the call's own errors get no cache context.
+            key = step.after_failed_lookup(key, problem)
+            if key is _UNBOUND:
+                return func(*args, **kwargs)
+            return step.miss_sync(func, args, kwargs, key)
 
         return cached
-
-    def usable_miss(self, key: Any, problem: Exception) -> bool:
-        """After a failed lookup: is it a plain miss to compute and store?
-
-        Arguments that do not bind (TypeError) and cache outages are called through,
-        uncached, so the call itself reports or succeeds; a custom `cache_key` that
-        raises anything else is a bug and propagates.
-        """
-        if key is _UNBOUND:
-            if isinstance(problem, TypeError):
-                return False
-            raise problem
-        if isinstance(problem, KeyError):
-            return True
-        _log_backend_error("read", problem)
-        return False
-
-    def miss_sync(
-        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], key: Any
-    ) -> Any:
-        with self._lock:
-            flight = self._flights.get(key)
-            leader = flight is None
-            if flight is None:
-                flight = self._flights[key] = _Flight()
-        if not leader:
-            return flight.outcome()
-        try:
-            flight.value = self._compute_sync(func, args, kwargs, key)
-        except BaseException as exc:
-            flight.error = exc
-            raise
-        finally:
-            with self._lock:
-                del self._flights[key]
-            flight.done.set()
-        return flight.value
-
-    def _compute_sync(
-        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], key: Any
-    ) -> Any:
-        try:  # another leader may have stored it between our lookup and our flight
-            value = self.backend.get(key)
-        except Exception:
-            value = _UNBOUND
-        if value is not _UNBOUND:
-            self.hits += 1
-            return value
-        self.misses += 1
-        value = func(*args, **kwargs)
-        self._store(key, value)
-        return value
 
     def wrap_async(self, func: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
         """The async twin of `wrap_sync`; backends with `aget`/`aset` are awaited."""
@@ -198,11 +172,82 @@ class CacheStep:
             else:
                 step.hits += 1
                 return value
-            if step.usable_miss(key, problem):
-                return await step.miss_async(func, args, kwargs, key)
-            return await func(*args, **kwargs)
+            key = step.after_failed_lookup(key, problem)
+            if key is _UNBOUND:
+                return await func(*args, **kwargs)
+            return await step.miss_async(func, args, kwargs, key)
 
         return cached
+
+    def after_failed_lookup(self, key: Any, problem: Exception) -> Any:
+        """The key to compute and store under, or `_UNBOUND` to call through uncached.
+
+        A plain miss keeps its key; an unhashable memory key is frozen (and may turn
+        out to be a hit after all, which `miss_*` finds). Arguments that do not bind
+        (TypeError) are called through so the call reports them; a custom `cache_key`
+        that raises is a bug and propagates; keys that cannot be built and backend
+        outages are logged and called through.
+        """
+        if key is _UNBOUND:
+            if isinstance(problem, TypeError):
+                return _UNBOUND
+            if self.custom_key:
+                raise problem
+            _log_cache_problem("key", problem)
+            return _UNBOUND
+        if isinstance(problem, KeyError):
+            return key
+        if isinstance(problem, TypeError) and self.freeze is not None:
+            try:
+                return self.freeze(key)
+            except UnkeyableArgumentsError as exc:
+                _log_cache_problem("key", exc)
+                return _UNBOUND
+        _log_cache_problem("read", problem)
+        return _UNBOUND
+
+    def miss_sync(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], key: Any
+    ) -> Any:
+        while True:
+            with self._lock:
+                flight = self._flights.get(key)
+                leader = flight is None
+                if flight is None:
+                    flight = self._flights[key] = _Flight()
+            if leader:
+                break
+            outcome = flight.outcome()
+            if outcome is not _ABANDONED:
+                return outcome
+        try:
+            flight.value = self._compute_sync(func, args, kwargs, key)
+        except Exception as exc:
+            flight.error = exc
+            raise
+        except BaseException:
+            flight.value = _ABANDONED  # e.g. KeyboardInterrupt: only the leader's to see
+            raise
+        finally:
+            with self._lock:
+                del self._flights[key]
+            flight.done.set()
+        return flight.value
+
+    def _compute_sync(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], key: Any
+    ) -> Any:
+        try:  # stored meanwhile by another leader, or a frozen key that is a hit
+            value = self.backend.get(key)
+        except Exception:
+            value = _UNBOUND
+        if value is not _UNBOUND:
+            self.hits += 1
+            return value
+        self.misses += 1
+        value = func(*args, **kwargs)
+        self._store(key, value)
+        return value
 
     async def miss_async(
         self,
@@ -221,18 +266,28 @@ class CacheStep:
             try:
                 return await asyncio.shield(shared)
             except asyncio.CancelledError:
-                if not shared.cancelled():
-                    raise  # this waiter was cancelled, not the computation
-                # The leader was cancelled: the next waiter computes.
+                current = asyncio.current_task()
+                if not shared.cancelled() or (current is not None and current.cancelling()):
+                    raise  # this waiter was cancelled (too), not only the computation
+                # Only the leader was cancelled: the next waiter computes.
         future = loop.create_future()
         self._async_flights[key] = future
+        try:
+            value = await _maybe_await(self.backend, "aget", "get", key)
+        except Exception:
+            value = _UNBOUND
+        if value is not _UNBOUND:  # a frozen key that is a hit after all
+            del self._async_flights[key]
+            future.set_result(value)
+            self.hits += 1
+            return value
         try:
             self.misses += 1
             value = await func(*args, **kwargs)
             try:
                 await _maybe_await(self.backend, "aset", "set", key, value, self.ttl)
             except Exception as exc:
-                _log_backend_error("write", exc)
+                _log_cache_problem("write", exc)
         except asyncio.CancelledError:
             future.cancel()
             raise
@@ -251,18 +306,23 @@ class CacheStep:
         try:
             self.backend.set(key, value, self.ttl)
         except Exception as exc:
-            _log_backend_error("write", exc)
+            _log_cache_problem("write", exc)
 
     def clear(self) -> None:
         self.backend.clear()
         self.hits = self.misses = 0
 
     def info(self) -> CacheInfo:
-        size = len(self.backend) if hasattr(self.backend, "__len__") else None
+        size: int | None = None
+        if hasattr(self.backend, "__len__"):
+            try:
+                size = len(self.backend)
+            except Exception as exc:  # statistics must not fail when the backend is down
+                _log_cache_problem("size", exc)
         return CacheInfo(self.hits, self.misses, size)
 
 
-def _log_backend_error(action: str, exc: Exception) -> None:
+def _log_cache_problem(action: str, exc: Exception) -> None:
     from opero.utils.logging import log
 
     log().warning("cache {} failed with {}; calling without the cache", action, type(exc).__name__)
@@ -277,13 +337,14 @@ async def _maybe_await(backend: Any, async_name: str, sync_name: str, *args: Any
 
 def build_cache_step(func: Callable[..., Any], options: OperoOptions) -> CacheStep:
     """The cache step `options` ask for, for `func` (at decoration)."""
-    from opero.core.cache_keys import KeyBuilder, function_identity, portable_key
-
     keys = KeyBuilder(func, options.cache_key)
+    custom = options.cache_key is not None
     backend = options.cache_backend
     if backend == "memory":
         memory = MemoryBackend(options.cache_maxsize, options.cache_ttl)
-        return CacheStep(memory, options.cache_ttl, keys.build)
+        return CacheStep(
+            memory, options.cache_ttl, keys.bound, freeze=memory_key, custom_key=custom
+        )
     identity = function_identity(func)
     if backend == "disk":
         from opero.core.cache_backends import DiskBackend
@@ -297,9 +358,8 @@ def build_cache_step(func: Callable[..., Any], options: OperoOptions) -> CacheSt
         from opero.core.cache_twat import TwatBackend
 
         backend = TwatBackend(options.cache_namespace)
-    prefix = identity + ":"
 
     def portable(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-        return prefix + portable_key(identity, keys.build(args, kwargs))
+        return portable_key(identity, keys.bound(args, kwargs))
 
-    return CacheStep(backend, options.cache_ttl, portable)
+    return CacheStep(backend, options.cache_ttl, portable, custom_key=custom)

@@ -54,7 +54,18 @@ class DiskBackend:
         self._cache = diskcache.Cache(str(self.directory))
 
     def get(self, key: str) -> object:
-        value = self._cache.get(key, default=_MISSING, retry=True)
+        import sqlite3
+
+        import diskcache
+
+        try:
+            value = self._cache.get(key, default=_MISSING, retry=True)
+        except (sqlite3.Error, OSError, diskcache.Timeout):
+            raise  # an outage: the caller calls through, uncached
+        except Exception:
+            # The entry no longer unpickles (its class moved, ...): drop it, recompute.
+            self._cache.delete(key, retry=True)
+            raise KeyError(key) from None
         if value is _MISSING:
             raise KeyError(key)
         return value
@@ -104,7 +115,12 @@ class RedisBackend:
         if raw is None:
             raise KeyError(key)
         assert isinstance(raw, bytes)  # the client does not decode responses
-        return pickle.loads(raw)  # the Redis database is trusted like code (see README)
+        try:
+            return pickle.loads(raw)  # the Redis database is trusted like code (see README)
+        except Exception:
+            # The entry no longer unpickles (its class moved, ...): drop it, recompute.
+            self._client.delete(self._full(key))
+            raise KeyError(key) from None
 
     def set(self, key: str, value: object, ttl: float | None) -> None:
         px = max(1, round(ttl * 1000)) if ttl is not None else None
