@@ -14,3 +14,20 @@ def run_python(code: str, timeout: float = 60) -> subprocess.CompletedProcess[st
         timeout=timeout,
         check=False,
     )
+
+
+def reserve_starts(limiter: object, count: int, out: object) -> None:
+    """In a worker process: take `count` starts, put their monotonic times on `out`."""
+    starts = [limiter.take() for _ in range(count)]  # type: ignore[attr-defined]
+    out.put(starts)  # type: ignore[attr-defined]
+
+
+def max_starts_in_window(starts: list[float], window: float = 1.0) -> int:
+    """The most starts in any closed window [t, t + window]."""
+    ordered = sorted(starts)
+    best, low = 0, 0
+    for high, start in enumerate(ordered):
+        while ordered[low] < start - window:
+            low += 1
+        best = max(best, high - low + 1)
+    return best

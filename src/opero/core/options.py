@@ -35,6 +35,7 @@ class OperoKwargs(TypedDict, total=False):
     arg_fallback: str | None
     rate_limit: float | None
     rate_limit_backend: str
+    rate_limit_key: str | None
 
 
 class OperoOptions(NamedTuple):
@@ -55,6 +56,7 @@ class OperoOptions(NamedTuple):
     arg_fallback: str | None = None
     rate_limit: float | None = None
     rate_limit_backend: str = "local"
+    rate_limit_key: str | None = None
 
 
 def build_options(decorator: str, given: dict[str, Any]) -> OperoOptions:
@@ -195,6 +197,15 @@ def _arg_fallback(where: str, value: object) -> None:
         raise TypeError(f"{where} must be a parameter name (str) or None, got {value!r}")
 
 
+def _non_empty_str_or_none(where: str, value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise TypeError(f"{where} must be a str or None, got {value!r}")
+    if not value:
+        raise ValueError(f"{where} must not be empty, got {value!r}")
+
+
 def _rate_limit_backend(where: str, value: object) -> None:
     if not isinstance(value, str):
         raise TypeError(f"{where} must be a str, got {value!r}")
@@ -219,4 +230,5 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "arg_fallback": _arg_fallback,
     "rate_limit": _positive_or_none,
     "rate_limit_backend": _rate_limit_backend,
+    "rate_limit_key": _non_empty_str_or_none,
 }

@@ -18,6 +18,7 @@ from opero.core.fallback import (
     call_with_fallback_sync,
 )
 from opero.core.options import OperoKwargs, OperoOptions, build_options
+from opero.core.rate_limit import build_rate_limit_step
 from opero.core.retry import RetryPolicy, retry_async, retry_sync
 
 P = ParamSpec("P")
@@ -60,21 +61,29 @@ def decorate(func: Callable[P, R], options: OperoOptions) -> Callable[P, R]:
     name = _display_name(func)
     policy = RetryPolicy(options)
     fallback = FallbackParameter(func, options.arg_fallback, name) if options.arg_fallback else None
-    if _is_async(func):
-        async_func = cast(Callable[..., Awaitable[Any]], func)
+    is_async = _is_async(func)
+    attempt: Callable[..., Any] = func
+    rate_limit = None
+    if options.rate_limit is not None:
+        # The innermost step: every real attempt (retries, fallback values) takes a token.
+        rate_limit = build_rate_limit_step(func, options)
+        attempt = rate_limit.wrap_async(func) if is_async else rate_limit.wrap_sync(func)
+    if is_async:
+        async_func = cast(Callable[..., Awaitable[Any]], attempt)
         if fallback is None:
             wrapper = _async_wrapper(async_func, policy, name)
         else:
             wrapper = _async_fallback_wrapper(async_func, policy, fallback)
     elif fallback is None:
-        wrapper = _sync_wrapper(func, policy, name)
+        wrapper = _sync_wrapper(attempt, policy, name)
     else:
-        wrapper = _sync_fallback_wrapper(func, policy, fallback)
+        wrapper = _sync_fallback_wrapper(attempt, policy, fallback)
     step = build_cache_step(func, options) if options.cache else None
     if step is not None:
         # The outermost step: a hit returns before fallback, retry or rate limit.
-        wrapper = step.wrap_async(wrapper) if _is_async(func) else step.wrap_sync(wrapper)
+        wrapper = step.wrap_async(wrapper) if is_async else step.wrap_sync(wrapper)
     functools.update_wrapper(wrapper, func)
+    wrapper.__opero_rate_limit__ = rate_limit  # type: ignore[attr-defined]
     wrapper.cache_clear = step.clear if step else _no_cache_clear  # type: ignore[attr-defined]
     wrapper.cache_info = step.info if step else _no_cache_info  # type: ignore[attr-defined]
     return cast(Callable[P, R], wrapper)
