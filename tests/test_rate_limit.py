@@ -56,6 +56,16 @@ def test_reservations_are_evenly_spaced_across_threads() -> None:
     assert_evenly_spaced(starts, 0.001)
 
 
+@pytest.mark.parametrize("make", [LocalRateLimiter, SharedRateLimiter])
+def test_late_wakers_cannot_crowd_a_window(make: Any) -> None:
+    # Reservations are spaced, but callers that wake late could bunch up; the release
+    # check keeps any closed one-second window at rate + 1 starts.
+    limiter = make(2)
+    assert [limiter.release() for _ in range(3)] == [0.0, 0.0, 0.0]
+    wait = limiter.release()
+    assert 0.9 < wait <= 1.0 + 1e-5
+
+
 def test_the_first_attempt_goes_at_once() -> None:
     limiter = LocalRateLimiter(0.1)  # one every 10 s
     before = time.monotonic()

@@ -21,6 +21,7 @@ with the server's clock).
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from typing import Any, Protocol
@@ -37,6 +38,25 @@ class RateLimiter(Protocol):
     def take(self) -> float: ...
 
 
+# Up to this rate, releases are also checked against a log of the last `rate + 1` ones.
+WINDOW_MAX_RATE = 10_000
+
+
+def window_size(rate: float) -> int:
+    """How many releases a closed one-second window may hold: ``floor(rate) + 1``."""
+    return math.floor(rate) + 1 if rate <= WINDOW_MAX_RATE else 0
+
+
+def _check_window(log: Any, index: int, now: float) -> tuple[float, int]:
+    # Reserved starts are spaced, but a caller that wakes late can end up next to the
+    # following one; if `now` would put one start too many into a window, wait.
+    oldest = log[index]
+    if now - oldest > 1.0:
+        log[index] = now
+        return 0.0, (index + 1) % len(log)
+    return oldest + 1.0 - now + 1e-6, index
+
+
 class LocalRateLimiter:
     """One limit for every thread, task and event loop of this process."""
 
@@ -44,12 +64,22 @@ class LocalRateLimiter:
         self.interval = 1.0 / rate
         self._next_start = 0.0
         self._lock = threading.Lock()
+        self._log = [-math.inf] * window_size(rate)
+        self._index = 0
 
     def take(self) -> float:
         with self._lock:
             start = max(time.monotonic(), self._next_start)
             self._next_start = start + self.interval
         return start
+
+    def release(self) -> float:
+        """At the start time: 0.0 to go now, else seconds to wait before asking again."""
+        if not self._log:
+            return 0.0
+        with self._lock:
+            wait, self._index = _check_window(self._log, self._index, time.monotonic())
+        return wait
 
 
 class SharedRateLimiter:
@@ -66,12 +96,23 @@ class SharedRateLimiter:
         ctx = context or multiprocessing.get_context()
         self.interval = 1.0 / rate
         self._next_start = ctx.Value("d", 0.0, lock=True)
+        size = window_size(rate)
+        self._log = ctx.Array("d", [-math.inf] * size, lock=False) if size else None
+        self._index = ctx.Value("i", 0, lock=False)
 
     def take(self) -> float:
         with self._next_start.get_lock():
             start = max(time.monotonic(), self._next_start.value)
             self._next_start.value = start + self.interval
         return float(start)
+
+    def release(self) -> float:
+        """At the start time: 0.0 to go now, else seconds to wait before asking again."""
+        if self._log is None:
+            return 0.0
+        with self._next_start.get_lock():
+            wait, self._index.value = _check_window(self._log, self._index.value, time.monotonic())
+        return wait
 
 
 _GCRA_LUA = """
@@ -129,15 +170,16 @@ class RedisRateLimiter:
 
 
 def wait_sync(limiter: RateLimiter) -> None:
-    """Block the calling thread until its reserved start time."""
+    """Block the calling thread until its reserved start time (and its window allows)."""
     start = limiter.take()
     delay = start - time.monotonic()
-    if delay <= 0.0:
-        return
-    if delay < SPIN_BELOW:
-        _spin(start_of=start)
-    else:
+    if delay >= SPIN_BELOW:
         time.sleep(delay)
+    elif delay > 0.0:
+        _spin(start_of=start)
+    release = getattr(limiter, "release", None)
+    while release is not None and (extra := release()) > 0.0:
+        time.sleep(extra)
 
 
 async def wait_async(limiter: RateLimiter) -> None:
@@ -149,12 +191,14 @@ async def wait_async(limiter: RateLimiter) -> None:
     else:
         start = limiter.take()
     delay = start - time.monotonic()
-    if delay <= 0.0:
-        return
-    if delay < SPIN_BELOW:
-        _spin(start_of=start)  # shorter than one turn of the loop
-    else:
+    if delay >= SPIN_BELOW:
         await asyncio.sleep(delay)
+    elif delay > 0.0:
+        _spin(start_of=start)  # shorter than one turn of the loop
+    release = getattr(limiter, "release", None)
+    # A wait until a point in time, not for an event: sleeping is the right tool.
+    while release is not None and (extra := release()) > 0.0:  # noqa: ASYNC110
+        await asyncio.sleep(extra)
 
 
 def _spin(start_of: float) -> None:
