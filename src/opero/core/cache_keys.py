@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import enum
 import functools
-import hashlib
 import inspect
-import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -68,6 +66,8 @@ def function_identity(func: Callable[..., Any]) -> str:
         extra.append(("state", func))
     if not extra:
         return name
+    import hashlib
+
     try:
         digest = hashlib.sha256(_canonical(tuple(extra))).hexdigest()[:16]
     except Exception as exc:
@@ -163,6 +163,8 @@ def freeze(value: Any) -> Any:
     try:
         hash(value)
     except TypeError:
+        import pickle
+
         try:
             return (_PICKLED, type(value), pickle.dumps(value, protocol=5))
         except Exception as exc:
@@ -184,6 +186,8 @@ def portable_key(identity: str, bound: Any) -> str:
 
     Never Python's `hash()`, which is salted per process for str and bytes.
     """
+    import hashlib  # here, not at import: hashlib loads OpenSSL
+
     digest = hashlib.sha256(identity.encode())
     digest.update(b"\0")
     try:
@@ -216,6 +220,8 @@ def _canonical(value: Any) -> bytes:  # noqa: PLR0911 - one return per kind of v
     state = getattr(value, "__dict__", None)
     if isinstance(state, dict) and not callable(value):
         return _type_name(value) + b"(" + _canonical(state) + b")"
+    import pickle
+
     return b"pickle:" + pickle.dumps(value, protocol=5)
 
 
