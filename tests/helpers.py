@@ -22,6 +22,19 @@ def reserve_starts(limiter: object, count: int, out: object) -> None:
     out.put(starts)  # type: ignore[attr-defined]
 
 
+def release_starts(limiter: object, count: int, out: object) -> None:
+    """In a worker process: wait through `limiter` `count` times, put the release times."""
+    import time
+
+    from opero.core.rate_limit import wait_sync
+
+    starts = []
+    for _ in range(count):
+        wait_sync(limiter)  # type: ignore[arg-type]
+        starts.append(time.monotonic())
+    out.put(starts)  # type: ignore[attr-defined]
+
+
 def max_starts_in_window(starts: list[float], window: float = 1.0) -> int:
     """The most starts in any closed window [t, t + window]."""
     ordered = sorted(starts)

@@ -97,6 +97,7 @@ VALUE_ERRORS: list[tuple[str, Any]] = [
     ("rate_limit", 0),
     ("rate_limit", -1),
     ("rate_limit", float("inf")),
+    ("rate_limit", 1e-11),
     ("rate_limit_backend", "memcached"),
 ]
 
@@ -114,6 +115,15 @@ def test_bad_value_is_a_value_error_naming_option_and_value(option: str, value: 
     with pytest.raises(ValueError, match=re.escape(option)) as info:
         opero(**{option: value})
     assert shown(value) in str(info.value)
+
+
+def test_rate_limit_options_must_fit_together() -> None:
+    with pytest.raises(ValueError, match=r"rate_limit_key .* is only used with"):
+        opero(rate_limit=5, rate_limit_key="k")
+    with pytest.raises(ValueError, match="rate_limit_backend='redis' needs a rate_limit"):
+        opero(rate_limit_backend="redis")
+    with pytest.raises(ValueError, match="rate_limit_key"):
+        opero(rate_limit=5, rate_limit_backend="redis", rate_limit_key="")
 
 
 def test_twat_backend_has_no_ttl() -> None:

@@ -56,13 +56,13 @@ def function_identity(func: Callable[..., Any]) -> str:
         extra.append(("bound to", func.__self__))
         func = func.__func__
     if inspect.isfunction(func):
-        name = f"{func.__module__}:{func.__qualname__}"
+        name = f"{_module_name(func.__module__)}:{func.__qualname__}"
         if "<lambda>" in func.__qualname__ or "<locals>" in func.__qualname__:
             cells = tuple(cell.cell_contents for cell in func.__closure__ or ())
             extra.append(("code", _code_fingerprint(func.__code__), cells))
     else:  # a callable object: its class, and its state
         cls = type(func)
-        name = f"{cls.__module__}:{cls.__qualname__}"
+        name = f"{_module_name(cls.__module__)}:{cls.__qualname__}"
         extra.append(("state", func))
     if not extra:
         return name
@@ -77,6 +77,12 @@ def function_identity(func: Callable[..., Any]) -> str:
             "module-level function, or use the memory backend"
         ) from exc
     return f"{name}#{digest}"
+
+
+def _module_name(module: str) -> str:
+    # The main script is "__main__" in its own process and "__mp_main__" in the worker
+    # processes multiprocessing spawns from it: one module, one name.
+    return "__main__" if module == "__mp_main__" else module
 
 
 def _code_fingerprint(code: Any) -> tuple[Any, ...]:

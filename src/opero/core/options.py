@@ -76,6 +76,15 @@ def build_options(decorator: str, given: dict[str, Any]) -> OperoOptions:
             f"{decorator}(): cache_ttl ({options.cache_ttl!r}) is not supported by "
             "cache_backend='twat' (twat-cache's fcache keeps entries until cleared)"
         )
+    if options.rate_limit_key is not None and options.rate_limit_backend != "redis":
+        raise ValueError(
+            f"{decorator}(): rate_limit_key ({options.rate_limit_key!r}) is only used with "
+            "rate_limit_backend='redis'"
+        )
+    if options.rate_limit_backend == "redis" and options.rate_limit is None:
+        raise ValueError(
+            f"{decorator}(): rate_limit_backend='redis' needs a rate_limit (attempts per second)"
+        )
     if options.max_delay < options.min_delay:
         raise ValueError(
             f"{decorator}(): max_delay ({options.max_delay!r}) must not be less than "
@@ -197,6 +206,19 @@ def _arg_fallback(where: str, value: object) -> None:
         raise TypeError(f"{where} must be a parameter name (str) or None, got {value!r}")
 
 
+# One attempt a year: lower limits would overflow the waits.
+MIN_RATE_LIMIT = 1 / (366 * 24 * 3600)
+
+
+def _rate_limit(where: str, value: object) -> None:
+    if value is None:
+        return
+    _number(where, value, low=0, low_inclusive=False)
+    assert isinstance(value, int | float)
+    if value < MIN_RATE_LIMIT:
+        raise ValueError(f"{where} must be at least one attempt a year (3.2e-08), got {value!r}")
+
+
 def _non_empty_str_or_none(where: str, value: object) -> None:
     if value is None:
         return
@@ -228,7 +250,7 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "retry_on": _retry_on,
     "jitter": _bool,
     "arg_fallback": _arg_fallback,
-    "rate_limit": _positive_or_none,
+    "rate_limit": _rate_limit,
     "rate_limit_backend": _rate_limit_backend,
     "rate_limit_key": _non_empty_str_or_none,
 }

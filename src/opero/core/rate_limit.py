@@ -1,22 +1,23 @@
 """Rate limits: at most `rate` attempts per second, spread evenly, with no burst.
 
-Every limiter here hands out *start times* (a reservation scheme, the "generic cell rate
-algorithm"): the next attempt may start at ``max(now, next_start)`` and moves
-`next_start` one interval on. The first attempt goes at once; no two starts are closer
-than ``1 / rate``; a caller that waits longer than asked (coarse sleeps, scheduling)
-never lets a later one go early, so no one-second window ever holds more than
-``rate + 1`` starts. Callers then wait in their own way: `time.sleep` for threads,
-`asyncio.sleep` for tasks, so one limit serves threads, tasks and any number of event
-loops at once.
+Two steps per attempt. `take()` reserves a start time (the "generic cell rate
+algorithm"): ``max(now, next_start)``, moving `next_start` one interval on, so waiters
+are scheduled in order and wake when their turn comes. At that time `release()` checks
+the attempt against the last one actually released: it goes only if at least one
+interval has passed, else it waits the rest. The first attempt goes at once; no two
+attempts are released closer than ``1 / rate``, however late a waiter wakes (scheduling,
+a stalled event loop), so no one-second window holds more than ``rate + 1``. Threads
+wait with `time.sleep`, tasks with `asyncio.sleep`, so one limit serves threads, tasks
+and any number of event loops at once.
 
 Why not asynciolimiter for the async side: its limiters keep their timer on the event
 loop that first waited and take no lock, so they cannot be shared by threads, and a
 second `asyncio.run()` hangs forever in `wait()` (tests/test_rate_limit.py pins this).
 
-Three stores for `next_start`: this process (`LocalRateLimiter`), all processes of one
-machine through shared memory (`SharedRateLimiter`, what `@opmap` hands to its worker
-processes), and every machine using one Redis (`RedisRateLimiter`, one atomic Lua step
-with the server's clock).
+Three stores: this process (`LocalRateLimiter`), all processes of one machine through
+shared memory (`SharedRateLimiter`, what `@opmap` hands to its worker processes), and
+every machine using one Redis (`RedisRateLimiter`, atomic Lua steps on the server's
+clock).
 """
 
 from __future__ import annotations
@@ -26,35 +27,14 @@ import threading
 import time
 from typing import Any, Protocol
 
-# Below this, a wait is spun rather than slept: sleeping 1 µs costs ~60 µs, and a high
-# limit (10^6/s) must add only about its own interval to a call.
-SPIN_BELOW = 0.0002
-
 
 class RateLimiter(Protocol):
-    """Hands out start times: `take()` returns the `time.monotonic()` at which the
-    caller may start its attempt."""
+    """`take()` reserves a start (a `time.monotonic()` value); at that time `release()`
+    returns 0.0 to go, or the seconds to wait before asking again."""
 
     def take(self) -> float: ...
 
-
-# Up to this rate, releases are also checked against a log of the last `rate + 1` ones.
-WINDOW_MAX_RATE = 10_000
-
-
-def window_size(rate: float) -> int:
-    """How many releases a closed one-second window may hold: ``floor(rate) + 1``."""
-    return math.floor(rate) + 1 if rate <= WINDOW_MAX_RATE else 0
-
-
-def _check_window(log: Any, index: int, now: float) -> tuple[float, int]:
-    # Reserved starts are spaced, but a caller that wakes late can end up next to the
-    # following one; if `now` would put one start too many into a window, wait.
-    oldest = log[index]
-    if now - oldest > 1.0:
-        log[index] = now
-        return 0.0, (index + 1) % len(log)
-    return oldest + 1.0 - now + 1e-6, index
+    def release(self) -> float: ...
 
 
 class LocalRateLimiter:
@@ -63,9 +43,8 @@ class LocalRateLimiter:
     def __init__(self, rate: float) -> None:
         self.interval = 1.0 / rate
         self._next_start = 0.0
+        self._last_release = -math.inf
         self._lock = threading.Lock()
-        self._log = [-math.inf] * window_size(rate)
-        self._index = 0
 
     def take(self) -> float:
         with self._lock:
@@ -74,20 +53,22 @@ class LocalRateLimiter:
         return start
 
     def release(self) -> float:
-        """At the start time: 0.0 to go now, else seconds to wait before asking again."""
-        if not self._log:
-            return 0.0
         with self._lock:
-            wait, self._index = _check_window(self._log, self._index, time.monotonic())
-        return wait
+            now = time.monotonic()
+            ready = self._last_release + self.interval
+            if now >= ready:
+                self._last_release = now
+                return 0.0
+        return ready - now
 
 
 class SharedRateLimiter:
     """One limit for all processes of this machine that received this object.
 
-    `next_start` lives in shared memory behind a process-shared lock; `time.monotonic`
-    is the system-wide monotonic clock, the same in every process. Pass the object to
-    worker processes when they start (as a `Process` argument or pool initializer).
+    The times live in shared memory behind a process-shared lock; `time.monotonic` is
+    the system-wide monotonic clock, the same in every process. Pass the object to worker
+    processes when they start (as a `Process` argument or pool initializer) created with
+    the same multiprocessing context as `context`.
     """
 
     def __init__(self, rate: float, context: Any = None) -> None:
@@ -95,27 +76,25 @@ class SharedRateLimiter:
 
         ctx = context or multiprocessing.get_context()
         self.interval = 1.0 / rate
-        self._next_start = ctx.Value("d", 0.0, lock=True)
-        size = window_size(rate)
-        self._log = ctx.Array("d", [-math.inf] * size, lock=False) if size else None
-        self._index = ctx.Value("i", 0, lock=False)
+        self._times = ctx.Array("d", [0.0, -math.inf], lock=True)  # next start, last release
 
     def take(self) -> float:
-        with self._next_start.get_lock():
-            start = max(time.monotonic(), self._next_start.value)
-            self._next_start.value = start + self.interval
+        with self._times.get_lock():
+            start = max(time.monotonic(), self._times[0])
+            self._times[0] = start + self.interval
         return float(start)
 
     def release(self) -> float:
-        """At the start time: 0.0 to go now, else seconds to wait before asking again."""
-        if self._log is None:
-            return 0.0
-        with self._next_start.get_lock():
-            wait, self._index.value = _check_window(self._log, self._index.value, time.monotonic())
-        return wait
+        with self._times.get_lock():
+            now = time.monotonic()
+            ready = self._times[1] + self.interval
+            if now >= ready:
+                self._times[1] = now
+                return 0.0
+        return float(ready - now)
 
 
-_GCRA_LUA = """
+_TAKE_LUA = """
 if redis.replicate_commands then redis.replicate_commands() end
 local interval = tonumber(ARGV[1])
 local clock = redis.call('TIME')
@@ -128,17 +107,32 @@ redis.call('SET', KEYS[1], string.format('%.0f', after), 'PX', idle_ms)
 return start - now
 """
 
+_RELEASE_LUA = """
+if redis.replicate_commands then redis.replicate_commands() end
+local interval = tonumber(ARGV[1])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local last = tonumber(redis.call('GET', KEYS[1]) or '-1e18')
+if now >= last + interval then
+  redis.call('SET', KEYS[1], string.format('%.0f', now), 'PX', math.ceil(interval / 1000) + 1000)
+  return 0
+end
+return last + interval - now
+"""
+
 
 class RedisRateLimiter:
     """One limit for every process on every machine that uses the same Redis key.
 
-    One atomic Lua step per attempt reads Redis's own clock (so machines' clocks need not
-    agree), takes the next start time and moves it on; the key expires once idle.
-    Resolution: 1 µs. If Redis cannot be reached, the attempt is limited by a local
-    limiter of the same rate instead and a warning is logged.
+    Both steps are atomic Lua scripts on Redis's own clock (machines' clocks need not
+    agree), on the keys ``<key>`` and ``<key>:last``, which expire once idle. Releases are
+    at least one interval apart as Redis sees them; what a service sees also varies by
+    each client's network latency. Resolution 1 µs, intervals rounded up. If Redis cannot
+    be reached, a local limiter of the same rate takes over and a warning is logged once
+    per outage.
     """
 
-    blocking_io = True  # async callers reserve from a worker thread
+    blocking_io = True  # async callers talk to Redis from a worker thread
 
     def __init__(self, rate: float, key: str, url: str | None = None) -> None:
         import os
@@ -147,63 +141,82 @@ class RedisRateLimiter:
 
         from opero.core.cache_backends import DEFAULT_REDIS_URL
 
-        self.key = key
-        self.interval_us = max(1, round(1_000_000 / rate))
+        self.keys = [key], [f"{key}:last"]
+        self.args = [max(1, math.ceil(1_000_000 / rate))]
         url = url or os.environ.get("OPERO_REDIS_URL") or DEFAULT_REDIS_URL
         self._client = redis.Redis.from_url(url)
-        self._script = self._client.register_script(_GCRA_LUA)
+        self._take = self._client.register_script(_TAKE_LUA)
+        self._release = self._client.register_script(_RELEASE_LUA)
         self._fallback = LocalRateLimiter(rate)
+        self._down = False
 
     def take(self) -> float:
         try:
-            wait_us = self._script(keys=[self.key], args=[self.interval_us])
+            wait_us = self._take(keys=self.keys[0], args=self.args)
         except Exception as exc:
+            self._note_outage(exc)
+            return self._fallback.take()
+        self._down = False
+        # Redis answers with a wait on its own clock; the release step enforces spacing.
+        return time.monotonic() + float(wait_us) / 1_000_000
+
+    def release(self) -> float:
+        if self._down:
+            return self._fallback.release()
+        try:
+            wait_us = self._release(keys=self.keys[1], args=self.args)
+        except Exception as exc:
+            self._note_outage(exc)
+            return self._fallback.release()
+        return float(wait_us) / 1_000_000
+
+    def _note_outage(self, exc: Exception) -> None:
+        if not self._down:
             from opero.utils.logging import log
 
             log().warning(
                 "rate limit: Redis failed with {}; limiting this process only",
                 type(exc).__name__,
             )
-            return self._fallback.take()
-        # Redis answers with a wait on its own clock; turn it into a start on ours.
-        return time.monotonic() + float(wait_us) / 1_000_000
+        self._down = True
+
+
+# How early a waiter wakes before its turn, to finish the wait by yielding: time.sleep
+# overshoots by ~0.1 ms, asyncio timers by up to 1 ms (epoll's resolution). Sleeping
+# right up to each turn would make every release late by that much, and since releases
+# are kept one interval apart, the lateness would add up and cost throughput.
+THREAD_EARLY = 0.0003
+TASK_EARLY = 0.0015
+# Waits shorter than this are polled without yielding (a high limit, e.g. 10^6/s, must
+# add only about its own interval to a call, and a yield costs microseconds).
+BUSY_BELOW = 0.00005
 
 
 def wait_sync(limiter: RateLimiter) -> None:
-    """Block the calling thread until its reserved start time (and its window allows)."""
-    start = limiter.take()
-    delay = start - time.monotonic()
-    if delay >= SPIN_BELOW:
-        time.sleep(delay)
-    elif delay > 0.0:
-        _spin(start_of=start)
-    release = getattr(limiter, "release", None)
-    while release is not None and (extra := release()) > 0.0:
-        time.sleep(extra)
+    """Block the calling thread until its reserved start, then until it is released."""
+    coarse = limiter.take() - time.monotonic() - THREAD_EARLY
+    if coarse > 0.0:
+        time.sleep(coarse)
+    while (extra := limiter.release()) > 0.0:
+        if extra > BUSY_BELOW:  # else poll at once: a syscall costs more than the wait
+            # time.sleep(0) yields the GIL: other threads run while this one polls.
+            time.sleep(extra - THREAD_EARLY if extra > 2 * THREAD_EARLY else 0)
 
 
 async def wait_async(limiter: RateLimiter) -> None:
-    """Wait, without blocking the event loop, until the reserved start time."""
+    """Wait, without blocking the event loop, for the reserved start and the release."""
     import asyncio
 
-    if getattr(limiter, "blocking_io", False):
-        start = await asyncio.to_thread(limiter.take)
-    else:
-        start = limiter.take()
-    delay = start - time.monotonic()
-    if delay >= SPIN_BELOW:
-        await asyncio.sleep(delay)
-    elif delay > 0.0:
-        _spin(start_of=start)  # shorter than one turn of the loop
-    release = getattr(limiter, "release", None)
-    # A wait until a point in time, not for an event: sleeping is the right tool.
-    while release is not None and (extra := release()) > 0.0:  # noqa: ASYNC110
-        await asyncio.sleep(extra)
-
-
-def _spin(start_of: float) -> None:
-    while time.monotonic() < start_of:
-        pass
+    blocking = getattr(limiter, "blocking_io", False)
+    start = await asyncio.to_thread(limiter.take) if blocking else limiter.take()
+    coarse = start - time.monotonic() - TASK_EARLY
+    if coarse > 0.0:
+        await asyncio.sleep(coarse)
+    release = limiter.release
+    while (extra := (await asyncio.to_thread(release) if blocking else release())) > 0.0:
+        if extra > BUSY_BELOW:
+            # A wait for a point in time, not an event; sleep(0) lets other tasks run.
+            await asyncio.sleep(extra - TASK_EARLY if extra > 2 * TASK_EARLY else 0)
 
 
 class RateLimitStep:
