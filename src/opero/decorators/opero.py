@@ -68,16 +68,7 @@ def decorate(func: Callable[P, R], options: OperoOptions) -> Callable[P, R]:
         # The innermost step: every real attempt (retries, fallback values) takes a token.
         rate_limit = build_rate_limit_step(func, options)
         attempt = rate_limit.wrap_async(func) if is_async else rate_limit.wrap_sync(func)
-    if is_async:
-        async_func = cast(Callable[..., Awaitable[Any]], attempt)
-        if fallback is None:
-            wrapper = _async_wrapper(async_func, policy, name)
-        else:
-            wrapper = _async_fallback_wrapper(async_func, policy, fallback)
-    elif fallback is None:
-        wrapper = _sync_wrapper(attempt, policy, name)
-    else:
-        wrapper = _sync_fallback_wrapper(attempt, policy, fallback)
+    wrapper = _retrying(attempt, policy, fallback, name, is_async=is_async)
     step = build_cache_step(func, options) if options.cache else None
     if step is not None:
         # The outermost step: a hit returns before fallback, retry or rate limit.
@@ -87,6 +78,25 @@ def decorate(func: Callable[P, R], options: OperoOptions) -> Callable[P, R]:
     wrapper.cache_clear = step.clear if step else _no_cache_clear  # type: ignore[attr-defined]
     wrapper.cache_info = step.info if step else _no_cache_info  # type: ignore[attr-defined]
     return cast(Callable[P, R], wrapper)
+
+
+def _retrying(
+    attempt: Callable[..., Any],
+    policy: RetryPolicy,
+    fallback: FallbackParameter | None,
+    name: str,
+    *,
+    is_async: bool,
+) -> Callable[..., Any]:
+    """The fallback and retry steps around one attempt, in the sync or async form."""
+    if is_async:
+        async_attempt = cast(Callable[..., Awaitable[Any]], attempt)
+        if fallback is None:
+            return _async_wrapper(async_attempt, policy, name)
+        return _async_fallback_wrapper(async_attempt, policy, fallback)
+    if fallback is None:
+        return _sync_wrapper(attempt, policy, name)
+    return _sync_fallback_wrapper(attempt, policy, fallback)
 
 
 def _innermost(func: Callable[..., Any]) -> Callable[..., Any]:
