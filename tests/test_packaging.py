@@ -54,6 +54,11 @@ def test_demo_runs_all_three_scenarios() -> None:
     assert "attempt 1 failed with ConnectionError" in out
     assert "cache_info: hits=1 misses=1 size=1" in out
     assert "second call: [a] answer to 'What is cached?'" in out
+    offsets = [
+        float(x) for x in out.split("8 calls started at (ms): ")[1].split("\n")[0].split(", ")
+    ]
+    assert offsets[0] == 0
+    assert offsets[-1] >= 700 - 10  # 8 calls at 10/s: the last one 0.7 s after the first
 
 
 def test_cli_without_a_command_shows_help() -> None:

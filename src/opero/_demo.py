@@ -96,6 +96,26 @@ def _cache_scenario() -> None:
     _say(f"   cache_info: hits={info.hits} misses={info.misses} size={info.size}")
 
 
+def _rate_limit_scenario() -> None:
+    _say("\n5. A rate limit of 10 calls a second, shared by 4 threads: no burst")
+    import threading
+
+    starts: list[float] = []
+
+    @opero(cache=False, rate_limit=10)
+    def ping(i: int) -> int:
+        starts.append(time.monotonic())
+        return i
+
+    threads = [threading.Thread(target=lambda: [ping(i) for i in range(2)]) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    offsets = ", ".join(f"{(t - starts[0]) * 1000:.0f}" for t in sorted(starts))
+    _say(f"   8 calls started at (ms): {offsets}")
+
+
 def run_demo() -> int:
     """Run the scenarios, printing what happens; returns the exit status."""
     from loguru import logger
@@ -110,5 +130,6 @@ def run_demo() -> int:
     _fallback_scenario()
     _all_failed_scenario()
     _cache_scenario()
+    _rate_limit_scenario()
     _say("\nDone.")
     return 0
