@@ -421,3 +421,21 @@ def test_redis_down_keeps_cache_info_working(monkeypatch: pytest.MonkeyPatch) ->
 
     assert f(1) == 1
     assert f.cache_info() == (0, 0, None)  # type: ignore[attr-defined]
+
+
+def test_an_unusable_disk_folder_is_a_value_error_at_decoration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("OPERO_CACHE_DIR", str(blocker / "cache"))
+    with pytest.raises(ValueError, match="set OPERO_CACHE_DIR to a writable folder"):
+        opero(cache_backend="disk")(lambda x: x)
+
+
+def test_missing_redis_py_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)  # import redis now fails
+    with pytest.raises(ImportError, match=r"pip install 'opero\[redis\]'"):
+        opero(cache_backend="redis")(lambda x: x)
+    with pytest.raises(ImportError, match="redis-py"):
+        opero(rate_limit=5, rate_limit_backend="redis")(lambda x: x)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
+from typing import Any
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 _MISSING = object()
@@ -45,11 +46,17 @@ class DiskBackend:
     def __init__(self, namespace: str, identity: str, directory: str | Path | None = None) -> None:
         import diskcache
 
-        if directory is None:
-            root = private_directory(cache_root(), always=False)
-            self.directory = private_directory(root / namespace)
-        else:
-            self.directory = private_directory(Path(directory))
+        try:
+            if directory is None:
+                root = private_directory(cache_root(), always=False)
+                self.directory = private_directory(root / namespace)
+            else:
+                self.directory = private_directory(Path(directory))
+        except OSError as exc:
+            raise ValueError(
+                f"cache_backend='disk' cannot use its folder under {cache_root()} "
+                f"({type(exc).__name__}: {exc}); set OPERO_CACHE_DIR to a writable folder"
+            ) from exc
         self.prefix = identity + ":"
         self._cache = diskcache.Cache(str(self.directory))
 
@@ -100,7 +107,7 @@ class RedisBackend:
     """
 
     def __init__(self, namespace: str, identity: str, url: str | None = None) -> None:
-        import redis
+        redis = import_redis()
 
         self.url = url or os.environ.get("OPERO_REDIS_URL") or DEFAULT_REDIS_URL
         self.prefix = f"opero:{namespace}:"
@@ -153,6 +160,18 @@ class RedisBackend:
         import asyncio
 
         await asyncio.to_thread(self.set, key, value, ttl)
+
+
+def import_redis() -> Any:
+    """redis-py, or an ImportError that says how to install it."""
+    try:
+        import redis
+    except ImportError as exc:
+        raise ImportError(
+            "the Redis backends need redis-py: pip install 'opero[redis]' "
+            "(from a clone: pip install '.[redis]')"
+        ) from exc
+    return redis
 
 
 def _glob_escape(text: str) -> str:

@@ -75,8 +75,8 @@ def _import_fcache() -> Any:
     if removed:
         warnings.warn(
             f"importing twat_cache removed {len(removed)} loguru handler(s) of this "
-            "application; opero cannot restore them: add your handlers after the first "
-            "use of cache_backend='twat'",
+            "application (yours, or loguru's default stderr handler); opero cannot "
+            "restore them: add your handlers after the first use of cache_backend='twat'",
             RuntimeWarning,
             stacklevel=4,
         )

@@ -88,7 +88,7 @@ def build_options(decorator: str, given: dict[str, Any]) -> OperoOptions:
     if options.max_delay < options.min_delay:
         raise ValueError(
             f"{decorator}(): max_delay ({options.max_delay!r}) must not be less than "
-            f"min_delay ({options.min_delay!r})"
+            f"min_delay ({options.min_delay!r}); max_delay defaults to 30.0, raise it too"
         )
     return options
 

@@ -137,9 +137,9 @@ class RedisRateLimiter:
     def __init__(self, rate: float, key: str, url: str | None = None) -> None:
         import os
 
-        import redis
+        from opero.core.cache_backends import DEFAULT_REDIS_URL, import_redis
 
-        from opero.core.cache_backends import DEFAULT_REDIS_URL
+        redis = import_redis()
 
         self.keys = [key], [f"{key}:last"]
         self.args = [max(1, math.ceil(1_000_000 / rate))]
