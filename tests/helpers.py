@@ -44,3 +44,28 @@ def max_starts_in_window(starts: list[float], window: float = 1.0) -> int:
             low += 1
         best = max(best, high - low + 1)
     return best
+
+
+class LoopTicks:
+    """Counts turns of the running event loop (one per 5 ms) while the block runs: a
+    blocked loop gives about none."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._task: object = None
+
+    async def _tick(self) -> None:
+        import asyncio
+
+        while True:
+            await asyncio.sleep(0.005)
+            self.count += 1
+
+    async def __aenter__(self) -> LoopTicks:
+        import asyncio
+
+        self._task = asyncio.create_task(self._tick())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._task.cancel()  # type: ignore[attr-defined]

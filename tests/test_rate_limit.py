@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from conftest import Flaky
-from helpers import max_starts_in_window, release_starts, reserve_starts
+from helpers import LoopTicks, max_starts_in_window, release_starts, reserve_starts
 from opero import opero
 from opero.core.rate_limit import LocalRateLimiter, RedisRateLimiter, SharedRateLimiter
 
@@ -87,20 +87,9 @@ async def test_waiting_tasks_do_not_block_the_event_loop() -> None:
     async def call() -> None:
         pass
 
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.005)
-            ticks += 1
-
-    ticking = asyncio.create_task(ticker())
-    try:
+    async with LoopTicks() as ticks:
         await asyncio.gather(*(call() for _ in range(6)))  # ~0.25 s of waiting
-    finally:
-        ticking.cancel()
-    assert ticks >= 15
+    assert ticks.count >= 15
 
 
 def test_the_first_attempt_goes_at_once() -> None:

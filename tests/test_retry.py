@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import Flaky
-from helpers import run_python
+from helpers import LoopTicks, run_python
 from opero import OperoError, RetryPredicateError, opero
 from opero.core.options import build_options
 from opero.core.retry import RetryPolicy
@@ -246,21 +246,10 @@ async def test_async_backoff_does_not_block_the_event_loop() -> None:
     async def fetch() -> object:
         return await flaky.acall(1)
 
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.005)
-            ticks += 1
-
-    ticking = asyncio.create_task(ticker())
-    try:
+    async with LoopTicks() as ticks:
         assert await fetch() == 1
-    finally:
-        ticking.cancel()
     # ~0.1 s of backoff at one tick per 5 ms: a blocked loop would give ~0.
-    assert ticks >= 5
+    assert ticks.count >= 5
 
 
 async def test_async_backoff_is_cancellable() -> None:
@@ -293,15 +282,18 @@ async def test_cancelled_error_from_the_call_is_never_retried(sleeps: list[float
     assert sleeps == []
 
 
+class AsyncClient:
+    """A callable object whose __call__ is `async def`; fails its first call."""
+
+    def __init__(self) -> None:
+        self.flaky = Flaky(ConnectionError())
+
+    async def __call__(self, x: int) -> object:
+        return await self.flaky.acall(x)
+
+
 async def test_async_callable_object_is_awaited_and_retried(sleeps: list[float]) -> None:
-    class Client:
-        def __init__(self) -> None:
-            self.flaky = Flaky(ConnectionError())
-
-        async def __call__(self, x: int) -> object:
-            return await self.flaky.acall(x)
-
-    client = Client()
+    client = AsyncClient()
     wrapped = opero(cache=False)(client)
     assert await wrapped(4) == 4
     assert len(client.flaky.calls) == 2
@@ -375,14 +367,7 @@ def test_predicate_that_raises_on_a_later_attempt(sleeps: list[float]) -> None:
 
 
 async def test_partial_of_an_async_callable_object_is_async(sleeps: list[float]) -> None:
-    class Client:
-        def __init__(self) -> None:
-            self.flaky = Flaky(ConnectionError())
-
-        async def __call__(self, x: int) -> object:
-            return await self.flaky.acall(x)
-
-    client = Client()
+    client = AsyncClient()
     wrapped = opero(cache=False, retries=2)(functools.partial(client, 5))
     assert inspect.iscoroutinefunction(wrapped)
     assert await wrapped() == 5

@@ -96,9 +96,6 @@ class DiskBackend:
         self._cache.expire()
         return len(self._own_keys())
 
-    def close(self) -> None:
-        self._cache.close()
-
 
 class RedisBackend:
     """Entries under ``opero:<namespace>:<function>:<hash>`` in Redis, expiring there.
