@@ -58,28 +58,44 @@ class OpmapError(OperoError, ExceptionGroup[Exception]):
     """Some items of an `@opmap` call failed; the others' results are kept.
 
     `.results` is the full result list (failed slots hold their exception) and `.failures`
-    maps each failed item's index to its exception.
+    maps each failed item's position in `.results` to its exception. From `fn.imap`, whose
+    results were already yielded, `.results` is empty and `.failures` is keyed by the
+    item's input index.
     """
 
     def __new__(
-        cls, message: str, errors: Sequence[Exception], results: list[object] | None = None
+        cls,
+        message: str,
+        errors: Sequence[Exception],
+        results: list[object] | None = None,
+        failures: dict[int, Exception] | None = None,
     ) -> Self:
         return super().__new__(cls, message, errors)
 
     def __init__(
-        self, message: str, errors: Sequence[Exception], results: list[object] | None = None
+        self,
+        message: str,
+        errors: Sequence[Exception],
+        results: list[object] | None = None,
+        failures: dict[int, Exception] | None = None,
     ) -> None:
         super().__init__(message, errors)
         self.results: list[object] = list(results) if results is not None else list(errors)
-        self.failures: dict[int, Exception] = {
-            index: value for index, value in enumerate(self.results) if isinstance(value, Exception)
-        }
+        if failures is None:  # a result may itself be an exception object: pass failures
+            failures = {
+                index: value
+                for index, value in enumerate(self.results)
+                if isinstance(value, Exception)
+            }
+        self.failures: dict[int, Exception] = dict(failures)
 
-    def __reduce__(self) -> tuple[type[OpmapError], tuple[str, list[Exception], list[object]]]:
-        return (type(self), (self.message, list(self.exceptions), self.results))
+    def __reduce__(
+        self,
+    ) -> tuple[type[OpmapError], tuple[str, list[Exception], list[object], dict[int, Exception]]]:
+        return (type(self), (self.message, list(self.exceptions), self.results, self.failures))
 
     def derive(self, excs: Sequence[Exception]) -> OpmapError:  # type: ignore[override]
-        return OpmapError(self.message, excs, self.results)
+        return OpmapError(self.message, excs, self.results, self.failures)
 
 
 class WorkerCrashedError(OperoError):

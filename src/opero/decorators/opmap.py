@@ -1,17 +1,417 @@
-"""`@opmap` is part of the public contract but not built yet (see TODO.md).
+"""`@opmap`: one resilient function, mapped over many items.
 
-The name is exported now so that it never moves; using it raises `NotImplementedError`
-with a clear message instead of doing something half right.
+Each item runs the same pipeline as an `@opero` call (the options apply per item). This
+module validates the map's own options, builds the per-item pipeline once, and turns the
+dispatcher's per-item outcomes (`opero.concurrency.pool`) into a list, a stream, or an
+`OpmapError` that keeps every other item's result.
 """
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+import functools
+import os
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Literal,
+    NamedTuple,
+    ParamSpec,
+    Protocol,
+    TypeVar,
+    Unpack,
+    overload,
+)
+
+from opero.core.cache import CacheInfo, build_cache_step
+from opero.core.options import OperoKwargs, OperoOptions, build_options
+from opero.decorators.opero import _display_name, _is_async, decorate
+from opero.exceptions import OpmapError
+
+if TYPE_CHECKING:
+    from opero.concurrency.pool import Batch
+    from opero.concurrency.progress import Progress
+
+T = TypeVar("T")
+R = TypeVar("R")
+P = ParamSpec("P")
+T_contra = TypeVar("T_contra", contravariant=True)
+R_co = TypeVar("R_co", covariant=True)
+
+MODES = ("process", "thread", "async")
 
 
-def opmap(*args: Any, **options: Any) -> NoReturn:
-    """Map a resilient function over many items (not available yet)."""
-    raise NotImplementedError(
-        "opero.opmap is not available in this release yet; "
-        "use @opero on the function and map it yourself for now"
-    )
+class OpmapKwargs(OperoKwargs, total=False):
+    """`@opmap`'s own options (besides `mode`), next to every `@opero` option."""
+
+    workers: int | None
+    ordered: bool
+    progress: bool | Literal["always"]
+    return_exceptions: bool
+    chunksize: int | None
+
+
+class Mapper(Protocol[T_contra, P, R_co]):
+    """What `@opmap` makes of a function in process and thread mode."""
+
+    def __call__(
+        self, items: Iterable[T_contra], /, *args: P.args, **kwargs: P.kwargs
+    ) -> list[R_co]:
+        """Every item's result, as a list (in input order unless ``ordered=False``)."""
+        ...
+
+    def imap(
+        self, items: Iterable[T_contra], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Iterator[R_co]:
+        """The results as they finish, with bounded work in flight."""
+        ...
+
+    def cache_clear(self) -> None: ...
+
+    def cache_info(self) -> CacheInfo: ...
+
+
+class AsyncMapper(Protocol[T_contra, P, R_co]):
+    """What `@opmap(mode="async")` makes of an async function."""
+
+    def __call__(
+        self,
+        items: Iterable[T_contra] | AsyncIterator[T_contra],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> Coroutine[Any, Any, list[R_co]]: ...
+
+    def imap(
+        self,
+        items: Iterable[T_contra] | AsyncIterator[T_contra],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> AsyncIterator[R_co]: ...
+
+    def cache_clear(self) -> None: ...
+
+    def cache_info(self) -> CacheInfo: ...
+
+
+class MapSettings(NamedTuple):
+    """`@opmap`'s own options, validated."""
+
+    mode: str = "process"
+    workers: int | None = None
+    ordered: bool = True
+    progress: bool | str = True
+    return_exceptions: bool = False
+    chunksize: int | None = None
+
+
+@overload
+def opmap(func: Callable[Concatenate[T, P], R], /) -> Mapper[T, P, R]: ...
+
+
+@overload
+def opmap(
+    func: None = None, /, *, mode: Literal["async"], **options: Unpack[OpmapKwargs]
+) -> Callable[[Callable[Concatenate[T, P], Awaitable[R]]], AsyncMapper[T, P, R]]: ...
+
+
+@overload
+def opmap(
+    func: None = None,
+    /,
+    *,
+    mode: Literal["process", "thread"] = ...,
+    **options: Unpack[OpmapKwargs],
+) -> Callable[[Callable[Concatenate[T, P], R]], Mapper[T, P, R]]: ...
+
+
+def opmap(func: Any = None, /, **options: Any) -> Any:
+    """Map a resilient function over many items: ``results = fn(items, *args, **kwargs)``.
+
+    ``mode`` is "process" (default), "thread" or "async" (then ``await fn(items)``);
+    ``workers`` items run at once. Failed items never lose the others: unless
+    ``return_exceptions=True``, `OpmapError` is raised after every item ran, with
+    `.results` and `.failures`. Every `@opero` option applies to each item. Bad options
+    raise `TypeError`/`ValueError` here, at decoration.
+    """
+    own = {name: options.pop(name) for name in list(options) if name in MapSettings._fields}
+    settings = _map_settings(own)
+    validated = build_options("opmap", options)
+    if func is None:
+        return functools.partial(_build, settings=settings, options=validated)
+    return _build(func, settings, validated)
+
+
+def _map_settings(given: dict[str, Any]) -> MapSettings:
+    settings = MapSettings(**given)
+    mode, workers, chunksize = settings.mode, settings.workers, settings.chunksize
+    if not isinstance(mode, str):
+        raise TypeError(f"opmap(): mode must be a str, got {mode!r}")
+    if mode not in MODES:
+        raise ValueError(f"opmap(): mode must be one of {', '.join(MODES)}, got {mode!r}")
+    for name in ("workers", "chunksize"):
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"opmap(): {name} must be an int or None, got {value!r}")
+        if value < 1:
+            raise ValueError(f"opmap(): {name} must be >= 1, got {value!r}")
+    if chunksize is not None and mode == "async":
+        raise ValueError("opmap(): chunksize applies to process and thread mode, not async")
+    for name in ("ordered", "return_exceptions"):
+        if not isinstance(getattr(settings, name), bool):
+            raise TypeError(
+                f"opmap(): {name} must be True or False, got {getattr(settings, name)!r}"
+            )
+    progress = settings.progress
+    if not (isinstance(progress, bool) or progress == "always"):
+        raise ValueError(f"opmap(): progress must be True, False or 'always', got {progress!r}")
+    if workers is None:
+        cpus = os.cpu_count() or 1
+        workers = {"process": cpus, "thread": min(32, cpus + 4), "async": 64}[mode]
+        settings = settings._replace(workers=workers)
+    return settings
+
+
+class _Map:
+    """One decorated function's map machinery; the public wrappers delegate here."""
+
+    def __init__(self, func: Callable[..., Any], settings: MapSettings, options: OperoOptions):
+        self.name = _display_name(func)
+        self.settings = settings
+        self.options = options
+        self.is_async = _is_async(func)
+        self.cache_step = None
+        if settings.mode == "process":
+            # The cache lives in the parent; workers run the rest of the pipeline.
+            self.pipeline = decorate(func, options._replace(cache=False))
+            if options.cache:
+                self.cache_step = build_cache_step(func, options)
+        else:
+            self.pipeline = decorate(func, options)
+        self._shared_lock = threading.Lock()
+        self._shared = False
+
+    def workers(self) -> int:
+        assert self.settings.workers is not None
+        return self.settings.workers
+
+    def _share_rate_limit(self) -> None:
+        """Process mode: one limit over all workers, through shared memory (once)."""
+        step = getattr(self.pipeline, "__opero_rate_limit__", None)
+        if step is None or self.options.rate_limit_backend != "local" or self._shared:
+            return
+        with self._shared_lock:
+            if not self._shared:
+                import multiprocess
+
+                from opero.core.rate_limit import SharedRateLimiter
+
+                assert self.options.rate_limit is not None
+                step.limiter = SharedRateLimiter(
+                    self.options.rate_limit, multiprocess.get_context()
+                )
+                self._shared = True
+
+    def outcomes(
+        self, items: Iterable[Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Iterator[Batch]:
+        from opero.concurrency.pool import ChunkSizer, Dispatcher, Job, ParentCache, engine_for
+
+        mode, workers = self.settings.mode, self.workers()
+        if mode == "process":
+            self._share_rate_limit()
+        job = Job(self.pipeline, args, kwargs, is_async=self.is_async)
+        cache = None if self.cache_step is None else ParentCache(self.cache_step, args, kwargs)
+        with engine_for(mode, job, workers) as engine:
+            sizer = ChunkSizer(workers, _length(items), self.settings.chunksize, engine.target)
+            yield from Dispatcher(engine, items, sizer, workers, cache)
+
+    def aoutcomes(
+        self, items: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> AsyncIterator[Batch]:
+        from opero.concurrency.pool import dispatch_async
+
+        return dispatch_async(self.pipeline, items, args, kwargs, self.workers())
+
+    def progress(self, items: Any) -> Progress:
+        from opero.concurrency.progress import Progress
+
+        return Progress(self.settings.progress, _length(items), self.name)
+
+    def collect(self, batches: list[Batch]) -> list[Any]:
+        """The result list, or `OpmapError` when items failed (unless return_exceptions)."""
+        failures: dict[int, Any] = {}
+        if self.settings.ordered:
+            results: list[Any] = [None] * sum(len(batch.indices) for batch in batches)
+            for indices, values, failed in batches:
+                for index, value in zip(indices, values, strict=True):
+                    results[index] = value
+                for offset, error in failed.items():
+                    results[indices[offset]] = failures[indices[offset]] = error
+        else:
+            results = []
+            for _, values, failed in batches:
+                base = len(results)
+                results.extend(values)
+                for offset, error in failed.items():
+                    results[base + offset] = failures[base + offset] = error
+        if failures and not self.settings.return_exceptions:
+            raise OpmapError(
+                f"{len(failures)} of {len(results)} items of {self.name} failed",
+                [failures[position] for position in sorted(failures)],
+                results,
+                failures,
+            )
+        return results
+
+    def entries(self, batch: Batch) -> list[tuple[int, bool, Any]]:
+        """A batch as (input index, succeeded, value or exception) per item."""
+        indices, values, failed = batch
+        if not failed:
+            return [(index, True, value) for index, value in zip(indices, values, strict=True)]
+        return [
+            (index, offset not in failed, failed.get(offset, value))
+            for offset, (index, value) in enumerate(zip(indices, values, strict=True))
+        ]
+
+    def streamed(
+        self, entries: Iterable[tuple[int, bool, Any]], failures: dict[int, Any]
+    ) -> list[Any]:
+        """What `imap` yields of some entries; failures are kept for the end unless
+        return_exceptions."""
+        keep = self.settings.return_exceptions
+        out = []
+        for index, ok, value in entries:
+            if ok or keep:
+                out.append(value)
+            else:
+                failures[index] = value
+        return out
+
+    def finish_stream(self, failures: dict[int, Any]) -> None:
+        if failures:
+            raise OpmapError(
+                f"{len(failures)} items of {self.name} failed (the others were yielded)",
+                [failures[index] for index in sorted(failures)],
+                [],
+                failures,
+            )
+
+
+class _Reorder:
+    """Entries back in input order, for `ordered=True` streams."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[int, tuple[int, bool, Any]] = {}
+        self.following = 0
+
+    def push(self, entries: list[tuple[int, bool, Any]]) -> list[tuple[int, bool, Any]]:
+        waiting = self.waiting
+        for entry in entries:
+            waiting[entry[0]] = entry
+        ready = []
+        while self.following in waiting:
+            ready.append(waiting.pop(self.following))
+            self.following += 1
+        return ready
+
+
+def _build(func: Callable[..., Any], settings: MapSettings, options: OperoOptions) -> Any:
+    if isinstance(func, classmethod | staticmethod) or not callable(func):
+        raise TypeError(f"opmap() decorates a function, got {func!r}")
+    state = _Map(func, settings, options)
+    if settings.mode == "async":
+        if not state.is_async:
+            raise TypeError(
+                f"opmap(mode='async'): {state.name} is not an async def function; "
+                "use mode='thread' or mode='process' for a plain function"
+            )
+        wrapper = _async_wrappers(state)
+    else:
+        wrapper = _sync_wrappers(state)
+    functools.update_wrapper(wrapper, func)
+    step = state.cache_step
+    wrapper.cache_clear = step.clear if step else state.pipeline.cache_clear  # type: ignore[attr-defined]
+    wrapper.cache_info = step.info if step else state.pipeline.cache_info  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _sync_wrappers(state: _Map) -> Callable[..., Any]:
+    def mapped(items: Iterable[Any], /, *args: Any, **kwargs: Any) -> list[Any]:
+        progress = state.progress(items)
+        batches: list[Batch] = []
+        try:
+            for batch in state.outcomes(items, args, kwargs):
+                batches.append(batch)
+                progress.update(len(batch.indices), len(batch.failures))
+        finally:
+            progress.close()
+        return state.collect(batches)
+
+    def imap(items: Iterable[Any], /, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        progress = state.progress(items)
+        failures: dict[int, Any] = {}
+        reorder = _Reorder() if state.settings.ordered else None
+        stream = state.outcomes(items, args, kwargs)
+        try:
+            for batch in stream:
+                progress.update(len(batch.indices), len(batch.failures))
+                entries = state.entries(batch)
+                if reorder is not None:
+                    entries = reorder.push(entries)
+                yield from state.streamed(entries, failures)
+        finally:
+            stream.close()  # an early break stops the pool now, not at garbage collection
+            progress.close()
+        state.finish_stream(failures)
+
+    mapped.imap = imap  # type: ignore[attr-defined]
+    return mapped
+
+
+def _async_wrappers(state: _Map) -> Callable[..., Any]:
+    async def mapped(items: Any, /, *args: Any, **kwargs: Any) -> list[Any]:
+        progress = state.progress(items)
+        batches: list[Batch] = []
+        stream = state.aoutcomes(items, args, kwargs)
+        try:
+            async for batch in stream:
+                batches.append(batch)
+                progress.update(len(batch.indices), len(batch.failures))
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+            progress.close()
+        return state.collect(batches)
+
+    async def imap(items: Any, /, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        progress = state.progress(items)
+        failures: dict[int, Any] = {}
+        reorder = _Reorder() if state.settings.ordered else None
+        stream = state.aoutcomes(items, args, kwargs)
+        try:
+            async for batch in stream:
+                progress.update(len(batch.indices), len(batch.failures))
+                entries = state.entries(batch)
+                if reorder is not None:
+                    entries = reorder.push(entries)
+                for value in state.streamed(entries, failures):
+                    yield value
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+            progress.close()
+        state.finish_stream(failures)
+
+    mapped.imap = imap  # type: ignore[attr-defined]
+    return mapped
+
+
+def _length(items: object) -> int | None:
+    try:
+        return len(items)  # type: ignore[arg-type]
+    except TypeError:
+        return None

@@ -1,0 +1,488 @@
+"""Dispatch of `@opmap` items: chunked pools for process and thread mode, tasks for async.
+
+Process and thread mode run on twat-mp's pool contexts (pathos pools over `multiprocess`),
+each map with a pool of its own (a unique pathos id, so concurrent maps never share or
+leak one). The engine never sees an exception: workers answer every chunk with an
+`Outcome`. What the engine cannot contain on its own is contained here:
+
+- a worker that dies (``os._exit``, a signal, the OOM killer) loses its task and the pool
+  would wait for it forever; `ProcessEngine.supervise` finds the dead worker's item from
+  its slot, fails that item with `WorkerCrashedError` and sends the rest of the chunk
+  again (the pool has already started a fresh worker);
+- Ctrl-C, cancellation, an early `break` out of `imap`, or any error stops dispatch and
+  terminates the pool before leaving twat-mp's context (whose exit would otherwise join
+  busy workers and hang), so no worker process outlives the call.
+
+Chunks adapt to the items: they grow until one takes about `target` seconds, and never
+exceed a quarter of each worker's share of a known-length input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import math
+import queue
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from typing import Any, NamedTuple
+
+from opero.concurrency.worker import (
+    SLOT_FIELDS,
+    Job,
+    Outcome,
+    decode_outcome,
+    encode_items,
+    init_process_worker,
+    run_chunk_in_process,
+    run_chunk_local,
+)
+from opero.exceptions import WorkerCrashedError
+
+PROCESS_POOL = "twat-mp"  # or "stdlib": measured side by side in benchmarks/bench_opmap.py
+TICK = 0.1  # seconds between supervision rounds while waiting for results
+MAX_CHUNK = 1024
+
+
+class ChunkSizer:
+    """Chunk size from measured item times; fixed when the user set `chunksize`."""
+
+    def __init__(self, workers: int, total: int | None, fixed: int | None, target: float) -> None:
+        self.fixed = fixed
+        self.target = target
+        self.cap = MAX_CHUNK if total is None else max(1, math.ceil(total / (workers * 4)))
+        self.cap = min(self.cap, MAX_CHUNK)
+        # A known length starts where multiprocessing.Pool.map stays (a quarter of each
+        # worker's share); a stream starts at 1 and grows as items are measured.
+        self.size = fixed or (1 if total is None else self.cap)
+
+    def observe(self, items: int, elapsed: float) -> None:
+        if self.fixed is not None or items == 0:
+            return
+        per_item = elapsed / items
+        wanted = self.cap if per_item <= 0 else int(self.target / per_item)
+        self.size = max(1, min(self.cap, wanted))
+
+
+class ThreadEngine:
+    """twat-mp's `ThreadPool` context with `workers` threads; chunks run in-process."""
+
+    target = 0.002
+
+    def __init__(self, job: Job, workers: int) -> None:
+        from pathos.threading import ThreadPool as PathosThreadPool
+        from twat_mp import MultiPool
+
+        self.job = job
+        self.results: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
+        factory = functools.partial(PathosThreadPool, id=f"opero-{uuid.uuid4().hex}")
+        self._context = MultiPool(pool_class=factory, nodes=workers)  # type: ignore[arg-type]
+        self._pool = self._context.__enter__()
+        self._raw = self._pool._serve()
+
+    def submit(self, number: int, items: list[Any]) -> None:
+        self._raw.apply_async(
+            run_chunk_local,
+            (self.job, items),
+            callback=lambda answer: self.results.put((number, answer)),
+            error_callback=lambda error: self.results.put((number, error)),
+        )
+
+    def decode(self, answer: Any) -> Outcome:
+        return answer  # type: ignore[no-any-return]
+
+    def supervise(self, inflight: dict[int, Any]) -> list[tuple[int, Exception]]:
+        return []  # a thread cannot die on its own
+
+    def close(self, *, clean: bool) -> None:
+        if not clean:
+            self._pool.terminate()  # no new chunks start; running items finish
+        self._context.__exit__(None, None, None)
+
+
+class ProcessEngine:
+    """A pool of `workers` processes for one map.
+
+    `kind="twat-mp"`: twat-mp's `MultiPool` context over a pathos `ProcessPool`;
+    `kind="stdlib"`: `multiprocessing.Pool` on the fork start method. Both fork, so the
+    job (lambdas and closures included) reaches the workers without being pickled.
+    """
+
+    target = 0.02
+
+    def __init__(self, job: Job, workers: int, kind: str = "twat-mp") -> None:
+        import multiprocessing
+
+        self.results: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
+        self.capacity = max(64, workers * 16)
+        fork = multiprocessing.get_context("fork")
+        self.slots = fork.Array("q", self.capacity * SLOT_FIELDS, lock=False)
+        initargs = (job, self.slots, self.capacity)
+        self._context: Any = None
+        if kind == "twat-mp":
+            from pathos.multiprocessing import ProcessPool as PathosProcessPool
+            from twat_mp import MultiPool
+
+            factory = functools.partial(
+                PathosProcessPool,
+                id=f"opero-{uuid.uuid4().hex}",
+                initializer=init_process_worker,
+                initargs=initargs,
+            )
+            self._context = MultiPool(pool_class=factory, nodes=workers)  # type: ignore[arg-type]
+            self._raw = self._context.__enter__()._serve()
+        else:
+            self._raw = fork.Pool(workers, init_process_worker, initargs)
+        self._known: dict[int, Any] = {}  # pid -> worker process, dead ones included
+        self._suspects: set[tuple[int, int]] = set()
+        for process in self._raw._pool:
+            self._known[process.pid] = process
+        self._lost_tasks = False  # a dead worker's task stays in the pool's books forever
+
+    def submit(self, number: int, items: list[Any]) -> None:
+        self._raw.apply_async(
+            run_chunk_in_process,
+            (number, encode_items(items)),
+            callback=lambda answer: self.results.put((number, answer)),
+            error_callback=lambda error: self.results.put((number, error)),
+        )
+
+    def decode(self, answer: Any) -> Outcome:
+        return decode_outcome(answer)
+
+    def supervise(self, inflight: dict[int, Any]) -> list[tuple[int, Exception]]:
+        """Chunks whose worker died while running them, with the error for the item.
+
+        A death is reported on the second round that sees it, so that a result the
+        worker sent just before dying is received first.
+        """
+        current = list(self._raw._pool)
+        for process in current:
+            self._known[process.pid] = process
+        running = {process.pid for process in current}
+        crashed: list[tuple[int, Exception]] = []
+        slots = self.slots
+        for base in range(0, self.capacity * SLOT_FIELDS, SLOT_FIELDS):
+            pid = slots[base]
+            if not pid:
+                continue
+            process = self._known.get(pid)
+            # Unknown and not in the pool: it died before any round saw it.
+            dead = process.exitcode is not None if process is not None else pid not in running
+            if not dead:
+                continue
+            number = slots[base + 1] - 1
+            if number not in inflight:
+                continue
+            if (pid, number) not in self._suspects:
+                self._suspects.add((pid, number))
+                continue
+            self._suspects.discard((pid, number))
+            self._lost_tasks = True
+            slots[base] = 0
+            code = None if process is None else process.exitcode
+            how = "died"
+            if code is not None:
+                how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            error = WorkerCrashedError(f"the worker process (pid {pid}) {how} during this item")
+            crashed.append((number, error))
+        return crashed
+
+    def close(self, *, clean: bool) -> None:
+        if not clean or self._lost_tasks:
+            # Joining the workers waits for every task the pool knows of, lost ones
+            # included, and twat-mp's context exit joins: stop them first.
+            self._raw.terminate()
+        if self._context is not None:
+            self._context.__exit__(None, None, None)
+        else:
+            self._raw.close()
+            self._raw.join()
+
+
+Engine = ThreadEngine | ProcessEngine
+
+
+class ParentCache:
+    """Process mode's cache, kept in the parent: looked up before dispatch, stored after.
+
+    Items with one key in one map are computed once: the others wait for its outcome.
+    """
+
+    def __init__(self, step: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.step = step
+        self.args = args
+        self.kwargs = kwargs
+        self.waiting: dict[Any, list[int]] = {}
+
+    def lookup(self, item: Any) -> tuple[str, Any]:
+        """("hit", value), ("miss", key), ("first", key), ("wait", key) or ("fail", error)."""
+        from opero.core.cache import _UNBOUND
+
+        step = self.step
+        key = _UNBOUND
+        try:
+            key = step.key_of((item, *self.args), self.kwargs)
+            value = step.backend.get(key)
+        except Exception as exc:
+            try:
+                key = step.after_failed_lookup(key, exc)
+            except Exception as bug:  # a custom cache_key raised: the item's failure
+                return "fail", bug
+            if key is _UNBOUND:
+                return "miss", None
+            try:
+                value = step.backend.get(key)
+            except Exception:
+                if key in self.waiting:
+                    return "wait", key
+                self.waiting[key] = []
+                step.misses += 1
+                return "first", key
+        step.hits += 1
+        return "hit", value
+
+    def settle(self, key: Any, ok: bool, value: Any) -> list[int]:
+        """Store a success; the indices of this map's other items with the same key."""
+        if ok:
+            self.step._store(key, value)
+        return self.waiting.pop(key, [])
+
+
+class Batch(NamedTuple):
+    """Outcomes of some items: input indices, values (None where failed), failures by
+    position in this batch. The consumers handle whole chunks at once: per-item work in
+    the parent is what makes a map of tiny items slow."""
+
+    indices: list[int]
+    values: list[Any]
+    failures: dict[int, Any]
+
+
+class _Chunk(NamedTuple):
+    indices: list[int]
+    items: list[Any]
+    keys: list[Any]  # cache keys (process mode), None where uncached
+
+
+class Dispatcher:
+    """Feeds chunks to an engine, at most 2 per worker queued, and yields `Batch`es in
+    completion order; sends again what a dead worker took down with it."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        items: Iterable[Any],
+        sizer: ChunkSizer,
+        workers: int,
+        cache: ParentCache | None = None,
+    ) -> None:
+        self.engine = engine
+        self.sizer = sizer
+        self.limit = 2 * workers
+        self.cache = cache
+        self.source = enumerate(items)
+        self.exhausted = False
+        self.inflight: dict[int, _Chunk] = {}
+        self.redo: deque[_Chunk] = deque()
+        self.number = 0
+
+    def __iter__(self) -> Iterator[Batch]:
+        engine, inflight = self.engine, self.inflight
+        last_round = time.monotonic()
+        while True:
+            yield from self._fill()
+            if not inflight:
+                return
+            try:
+                number, answer = engine.results.get(timeout=TICK)
+            except queue.Empty:
+                number, answer = -1, None
+            now = time.monotonic()
+            if now - last_round >= TICK:
+                last_round = now
+                yield from self._supervise()
+            chunk = inflight.pop(number, None)
+            if chunk is not None:
+                yield from self._settle(chunk, self._outcome(chunk, answer))
+
+    def _fill(self) -> Iterator[Batch]:
+        """Submit chunks until the queue is full; yields cache hits met on the way."""
+        while len(self.inflight) < self.limit and (self.redo or not self.exhausted):
+            if self.redo:
+                chunk = self.redo.popleft()
+            else:
+                chunk = _Chunk([], [], [])
+                yield from self._take(chunk)
+                if not chunk.items:
+                    continue
+            self.engine.submit(self.number, chunk.items)
+            self.inflight[self.number] = chunk
+            self.number += 1
+
+    def _take(self, chunk: _Chunk) -> Iterator[Batch]:
+        cache, size = self.cache, self.sizer.size
+        for index, item in self.source:
+            key = None
+            if cache is not None:
+                verdict, value = cache.lookup(item)
+                if verdict in {"hit", "fail"}:
+                    ok = verdict == "hit"
+                    yield Batch([index], [value if ok else None], {} if ok else {0: value})
+                    continue
+                if verdict == "wait":
+                    cache.waiting[value].append(index)
+                    continue
+                key = value
+            chunk.indices.append(index)
+            chunk.items.append(item)
+            chunk.keys.append(key)
+            if len(chunk.items) >= size:
+                return
+        self.exhausted = True
+
+    def _outcome(self, chunk: _Chunk, answer: Any) -> Outcome:
+        if isinstance(answer, BaseException):  # the engine failed the chunk as a whole
+            error = answer if isinstance(answer, Exception) else WorkerCrashedError(repr(answer))
+            return Outcome(
+                [None] * len(chunk.items), dict.fromkeys(range(len(chunk.items)), error), 0
+            )
+        outcome = self.engine.decode(answer)
+        if outcome.fatal is not None:
+            raise outcome.fatal
+        self.sizer.observe(len(outcome.results), outcome.elapsed)
+        return outcome
+
+    def _supervise(self) -> Iterator[Batch]:
+        """A dead worker's chunk: a lone item fails; a longer chunk is sent again as
+        single items, so the item that kills a worker is found and fails alone (the
+        results of the items before it died with the worker, so they run again)."""
+        for number, error in self.engine.supervise(self.inflight):
+            chunk = self.inflight.pop(number)
+            if len(chunk.items) == 1:
+                yield from self._settle(chunk, Outcome([None], {0: error}, 0))
+                continue
+            for single in zip(chunk.indices, chunk.items, chunk.keys, strict=True):
+                self.redo.append(_Chunk([single[0]], [single[1]], [single[2]]))
+
+    def _settle(self, chunk: _Chunk, outcome: Outcome) -> Iterator[Batch]:
+        yield Batch(chunk.indices, outcome.results, outcome.failures)
+        cache = self.cache
+        if cache is None:
+            return
+        for offset, key in enumerate(chunk.keys):
+            if key is None:
+                continue
+            ok = offset not in outcome.failures
+            value = outcome.results[offset] if ok else outcome.failures[offset]
+            others = cache.settle(key, ok, value)
+            if others:
+                count = len(others)
+                yield Batch(
+                    others,
+                    [value if ok else None] * count,
+                    {} if ok else dict.fromkeys(range(count), value),
+                )
+
+
+@contextlib.contextmanager
+def engine_for(mode: str, job: Job, workers: int) -> Iterator[Engine]:
+    """A pool for one map; terminated unless the map ran to its end."""
+    engine: Engine = (
+        ProcessEngine(job, workers) if mode == "process" else ThreadEngine(job, workers)
+    )
+    clean = False
+    try:
+        yield engine
+        clean = True
+    finally:
+        engine.close(clean=clean)
+
+
+async def dispatch_async(
+    call: Callable[..., Awaitable[Any]],
+    items: Iterable[Any] | AsyncIterator[Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    workers: int,
+) -> AsyncIterator[Batch]:
+    """Every item's outcome, in completion order, from `workers` tasks on this loop.
+
+    Closing the generator (or cancelling its consumer) cancels the running items and
+    waits for them. A BaseException from an item (not an Exception) stops the map and
+    propagates, as it would from a plain call.
+    """
+    done: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=2 * workers)
+    source = _numbered(items)
+    fatal: list[BaseException] = []
+
+    async def worker() -> None:
+        try:
+            async for index, item in source:
+                try:
+                    value = await call(item, *args, **kwargs)
+                except Exception as exc:
+                    await done.put(Batch([index], [None], {0: exc}))
+                else:
+                    await done.put(Batch([index], [value], {}))
+        except asyncio.CancelledError:
+            raise  # the consumer stopped: it is not waiting for this worker's end
+        except BaseException as exc:
+            fatal.append(exc)
+        await done.put(None)
+
+    tasks = [asyncio.ensure_future(worker()) for _ in range(workers)]
+    running = workers
+    try:
+        while running:
+            entry = await done.get()
+            if entry is None:
+                running -= 1
+                if fatal:
+                    raise fatal[0]
+                continue
+            yield entry
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _Numbered:
+    """(index, item) pairs from a sync or async iterable, shared by the worker tasks."""
+
+    def __init__(self, items: Iterable[Any] | AsyncIterator[Any]) -> None:
+        self._index = 0
+        if hasattr(items, "__anext__"):
+            self._async: AsyncIterator[Any] | None = items  # type: ignore[assignment]
+            self._sync: Iterator[Any] | None = None
+        else:
+            self._async = None
+            self._sync = iter(items)  # type: ignore[arg-type]
+        self._lock = asyncio.Lock()
+
+    def __aiter__(self) -> _Numbered:
+        return self
+
+    async def __anext__(self) -> tuple[int, Any]:
+        if self._sync is not None:
+            item = next(self._sync, _END)
+        else:
+            assert self._async is not None
+            async with self._lock:  # an async generator must not be entered twice at once
+                item = await anext(self._async, _END)
+        if item is _END:
+            raise StopAsyncIteration
+        index = self._index
+        self._index += 1
+        return index, item
+
+
+_END: Any = object()
+
+
+def _numbered(items: Iterable[Any] | AsyncIterator[Any]) -> _Numbered:
+    return _Numbered(items)

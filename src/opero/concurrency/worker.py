@@ -1,0 +1,259 @@
+"""What runs inside an `@opmap` worker: one chunk of items through the item pipeline.
+
+No exception ever leaves a chunk. Each item's outcome is recorded (its result, or its
+exception in a form the parent can rebuild), so a failing item never costs the others,
+and the pool engine never sees an exception it could mishandle.
+
+Process workers get their pipeline once, through the pool initializer (inherited at fork,
+never pickled per item), take their items as stdlib-pickled bytes and answer in bytes: the
+engine (multiprocess, on dill) then only moves bytes, and dill's pure-Python pickler stays
+off the hot path. Before each chunk a worker writes the chunk's number into its slot of a
+shared array, so the parent can tell which chunk a dead worker was running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import signal
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from opero.exceptions import RemoteError, WorkerCrashedError
+
+# Slot layout in the shared array: [pid, chunk number + 1 (0: none)] per worker.
+SLOT_FIELDS = 2
+
+
+class Outcome:
+    """A chunk's answer: results in item order, failures by offset, seconds spent.
+
+    `fatal` holds a BaseException (not an Exception) raised by an item in a thread worker;
+    the parent re-raises it after stopping the map.
+    """
+
+    __slots__ = ("elapsed", "failures", "fatal", "results")
+
+    def __init__(
+        self,
+        results: list[Any],
+        failures: dict[int, BaseException],
+        elapsed: float,
+        fatal: BaseException | None = None,
+    ) -> None:
+        self.results = results
+        self.failures = failures
+        self.elapsed = elapsed
+        self.fatal = fatal
+
+
+class Job:
+    """What every worker needs: the item pipeline and the map's extra arguments."""
+
+    __slots__ = ("args", "is_async", "kwargs", "pipeline")
+
+    def __init__(
+        self,
+        pipeline: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        is_async: bool,
+    ) -> None:
+        self.pipeline = pipeline
+        self.args = args
+        self.kwargs = kwargs
+        self.is_async = is_async
+
+
+def run_items(
+    job: Job, items: list[Any], portable: Callable[[Exception], Exception] | None = None
+) -> Outcome:
+    """Run a chunk's items; every item's result or exception is recorded.
+
+    The loop runs without per-item bookkeeping until an item raises (tiny items are the
+    case to be fast for). `portable` turns exceptions into what can travel back from a
+    process. A BaseException that is not an Exception (SystemExit, KeyboardInterrupt)
+    ends a thread worker's chunk as `fatal`; in a process worker it fails the item.
+    """
+    started = time.perf_counter()
+    results: list[Any] = []
+    failures: dict[int, BaseException] = {}
+    append = results.append
+    pipeline, args, kwargs = job.pipeline, job.args, job.kwargs
+    runner = asyncio.Runner() if job.is_async else None
+    remaining = iter(items)
+    try:
+        while True:
+            try:
+                if runner is not None:
+                    for item in remaining:
+                        append(runner.run(pipeline(item, *args, **kwargs)))
+                elif args or kwargs:
+                    for item in remaining:
+                        append(pipeline(item, *args, **kwargs))
+                else:
+                    for item in remaining:
+                        append(pipeline(item))
+            except Exception as exc:
+                failures[len(results)] = exc if portable is None else portable(exc)
+                append(None)
+                continue
+            except BaseException as exc:
+                if portable is None:
+                    return Outcome(results, failures, time.perf_counter() - started, fatal=exc)
+                failures[len(results)] = WorkerCrashedError(
+                    f"the item raised {type(exc).__name__} in worker process {os.getpid()}; "
+                    "the worker was kept, the item failed"
+                )
+                append(None)
+                continue
+            break
+    finally:
+        if runner is not None:
+            runner.close()
+    return Outcome(results, failures, time.perf_counter() - started)
+
+
+def run_chunk_local(job: Job, items: list[Any]) -> Outcome:
+    """A thread worker's chunk: exceptions stay objects, nothing is pickled."""
+    return run_items(job, items)
+
+
+# --- process workers -------------------------------------------------------------------
+
+_job: Job | None = None
+_slots: Any = None
+_slot_base = 0
+
+
+def init_process_worker(job: Job, slots: Any, capacity: int) -> None:
+    """Pool initializer: keep the pipeline, claim a slot, leave Ctrl-C to the parent.
+
+    The parent owns interruption: on Ctrl-C (which a terminal sends to the whole process
+    group) it terminates the pool, so workers ignore SIGINT instead of dying mid-item.
+    """
+    global _job, _slots, _slot_base  # noqa: PLW0603 - per-process worker state
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import multiprocessing
+
+    identity = multiprocessing.current_process()._identity
+    if not identity:  # a pathos/multiprocess worker numbers itself there
+        import multiprocess
+
+        identity = multiprocess.current_process()._identity
+    number = identity[-1] if identity else os.getpid()
+    _job = job
+    _slots = slots
+    _slot_base = (number % capacity) * SLOT_FIELDS
+    slots[_slot_base] = os.getpid()
+    slots[_slot_base + 1] = 0
+
+
+def run_chunk_in_process(chunk_number: int, payload: bytes) -> bytes:
+    """A process worker's chunk: items arrive pickled, the `Outcome` leaves pickled."""
+    items = _loads(payload)
+    assert _job is not None
+    _slots[_slot_base + 1] = chunk_number + 1
+    outcome = run_items(_job, items, portable_error)
+    return encode_outcome(outcome)
+
+
+def portable_error(exc: Exception) -> Exception:
+    """`exc` if it survives a pickle round trip, else a `RemoteError` describing it.
+
+    The worker's traceback is attached as a note, since pickling drops tracebacks.
+    """
+    text = "".join(traceback.format_exception(exc))
+    try:
+        exc.add_note(f"Traceback in worker process {os.getpid()}:\n{text.rstrip()}")
+        for dumps, loads in _serializers():
+            try:
+                loads(dumps(exc))
+            except Exception:
+                continue
+            return exc
+    except Exception:
+        pass
+    kind = type(exc)
+    return RemoteError(f"{kind.__module__}.{kind.__qualname__}", _safe_str(exc), text)
+
+
+def encode_outcome(outcome: Outcome) -> bytes:
+    """Pickle `outcome`; results that cannot travel become `RemoteError`s of their item."""
+    try:
+        return b"P" + pickle.dumps(outcome, pickle.HIGHEST_PROTOCOL)
+    except Exception:  # dill next, imported only now: it takes ~30 ms to import
+        pass
+    try:
+        import dill
+
+        return b"D" + dill.dumps(outcome)
+    except Exception:  # repair item by item below
+        pass
+    for offset, value in enumerate(outcome.results):
+        if offset in outcome.failures:
+            continue
+        try:
+            pickle.dumps(value)
+        except Exception:
+            try:
+                import dill
+
+                dill.dumps(value)
+            except Exception as exc:
+                outcome.results[offset] = None
+                kind = type(value)
+                outcome.failures[offset] = RemoteError(
+                    "PicklingError",
+                    f"the result ({kind.__module__}.{kind.__qualname__}) could not be sent "
+                    f"back from the worker process: {_safe_str(exc)}",
+                )
+    return encode_outcome(outcome)
+
+
+def decode_outcome(data: bytes) -> Outcome:
+    """The parent's side of `encode_outcome`."""
+    outcome: Outcome = _loads(data)
+    return outcome
+
+
+def encode_items(items: list[Any]) -> bytes:
+    """Pickle a chunk's items for a process worker (dill only for what pickle refuses)."""
+    try:
+        return b"P" + pickle.dumps(items, pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        import dill
+
+        return b"D" + dill.dumps(items)
+
+
+def _loads(data: bytes) -> Any:
+    if data[:1] == b"P":
+        return pickle.loads(data[1:])
+    return _dill_loads(data[1:])
+
+
+def _dill_loads(data: bytes) -> Any:
+    import dill
+
+    return dill.loads(data)
+
+
+def _serializers() -> list[tuple[Callable[[Any], bytes], Callable[[bytes], Any]]]:
+    import dill
+
+    return [
+        (lambda value: pickle.dumps(value, pickle.HIGHEST_PROTOCOL), pickle.loads),
+        (dill.dumps, dill.loads),
+    ]
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return f"<{type(exc).__name__} whose str() failed>"
