@@ -109,6 +109,6 @@ def test_decorating_a_non_callable_is_a_type_error() -> None:
         opero.opero(42)  # type: ignore[call-overload]
 
 
-def test_opmap_is_exported_but_says_it_is_not_available_yet() -> None:
-    with pytest.raises(NotImplementedError, match="opmap"):
-        opero.opmap(mode="thread")
+def test_opmap_maps_through_the_public_import() -> None:
+    mapped = opero.opmap(mode="thread", workers=2, progress=False)(abs)
+    assert mapped([-1, 2, -3]) == [1, 2, 3]

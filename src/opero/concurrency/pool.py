@@ -80,8 +80,9 @@ class ThreadEngine:
         self.results: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
         factory = functools.partial(PathosThreadPool, id=f"opero-{uuid.uuid4().hex}")
         self._context = MultiPool(pool_class=factory, nodes=workers)  # type: ignore[arg-type]
-        self._pool = self._context.__enter__()
-        self._raw = self._pool._serve()
+        pool: Any = self._context.__enter__()
+        self._pool = pool
+        self._raw = pool._serve()
 
     def submit(self, number: int, items: list[Any]) -> None:
         self._raw.apply_async(
@@ -456,12 +457,12 @@ class _Numbered:
 
     def __init__(self, items: Iterable[Any] | AsyncIterator[Any]) -> None:
         self._index = 0
-        if hasattr(items, "__anext__"):
-            self._async: AsyncIterator[Any] | None = items  # type: ignore[assignment]
+        if isinstance(items, AsyncIterator):
+            self._async: AsyncIterator[Any] | None = items
             self._sync: Iterator[Any] | None = None
         else:
             self._async = None
-            self._sync = iter(items)  # type: ignore[arg-type]
+            self._sync = iter(items)
         self._lock = asyncio.Lock()
 
     def __aiter__(self) -> _Numbered:

@@ -191,7 +191,7 @@ def encode_outcome(outcome: Outcome) -> bytes:
     try:
         import dill
 
-        return b"D" + dill.dumps(outcome)
+        return b"D" + bytes(dill.dumps(outcome))
     except Exception:  # repair item by item below
         pass
     for offset, value in enumerate(outcome.results):
@@ -228,7 +228,7 @@ def encode_items(items: list[Any]) -> bytes:
     except Exception:
         import dill
 
-        return b"D" + dill.dumps(items)
+        return b"D" + bytes(dill.dumps(items))
 
 
 def _loads(data: bytes) -> Any:

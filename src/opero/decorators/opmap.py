@@ -38,7 +38,6 @@ T = TypeVar("T")
 R = TypeVar("R")
 P = ParamSpec("P")
 T_contra = TypeVar("T_contra", contravariant=True)
-R_co = TypeVar("R_co", covariant=True)
 
 MODES = ("process", "thread", "async")
 
@@ -53,18 +52,14 @@ class OpmapKwargs(OperoKwargs, total=False):
     chunksize: int | None
 
 
-class Mapper(Protocol[T_contra, P, R_co]):
+class Mapper(Protocol[T_contra, P, R]):
     """What `@opmap` makes of a function in process and thread mode."""
 
-    def __call__(
-        self, items: Iterable[T_contra], /, *args: P.args, **kwargs: P.kwargs
-    ) -> list[R_co]:
+    def __call__(self, items: Iterable[T_contra], /, *args: P.args, **kwargs: P.kwargs) -> list[R]:
         """Every item's result, as a list (in input order unless ``ordered=False``)."""
         ...
 
-    def imap(
-        self, items: Iterable[T_contra], /, *args: P.args, **kwargs: P.kwargs
-    ) -> Iterator[R_co]:
+    def imap(self, items: Iterable[T_contra], /, *args: P.args, **kwargs: P.kwargs) -> Iterator[R]:
         """The results as they finish, with bounded work in flight."""
         ...
 
@@ -73,7 +68,7 @@ class Mapper(Protocol[T_contra, P, R_co]):
     def cache_info(self) -> CacheInfo: ...
 
 
-class AsyncMapper(Protocol[T_contra, P, R_co]):
+class AsyncMapper(Protocol[T_contra, P, R]):
     """What `@opmap(mode="async")` makes of an async function."""
 
     def __call__(
@@ -82,7 +77,7 @@ class AsyncMapper(Protocol[T_contra, P, R_co]):
         /,
         *args: P.args,
         **kwargs: P.kwargs,
-    ) -> Coroutine[Any, Any, list[R_co]]: ...
+    ) -> Coroutine[Any, Any, list[R]]: ...
 
     def imap(
         self,
@@ -90,7 +85,7 @@ class AsyncMapper(Protocol[T_contra, P, R_co]):
         /,
         *args: P.args,
         **kwargs: P.kwargs,
-    ) -> AsyncIterator[R_co]: ...
+    ) -> AsyncIterator[R]: ...
 
     def cache_clear(self) -> None: ...
 
@@ -220,7 +215,8 @@ class _Map:
     def outcomes(
         self, items: Iterable[Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Iterator[Batch]:
-        from opero.concurrency.pool import ChunkSizer, Dispatcher, Job, ParentCache, engine_for
+        from opero.concurrency.pool import ChunkSizer, Dispatcher, ParentCache, engine_for
+        from opero.concurrency.worker import Job
 
         mode, workers = self.settings.mode, self.workers()
         if mode == "process":
@@ -366,7 +362,7 @@ def _sync_wrappers(state: _Map) -> Callable[..., Any]:
                     entries = reorder.push(entries)
                 yield from state.streamed(entries, failures)
         finally:
-            stream.close()  # an early break stops the pool now, not at garbage collection
+            stream.close()  # type: ignore[attr-defined]  # an early break stops the pool now, not at garbage collection
             progress.close()
         state.finish_stream(failures)
 

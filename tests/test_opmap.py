@@ -1,0 +1,502 @@
+"""`@opmap`: results, failures, workers, supervision, streaming, cache, rate limit, progress."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers import max_starts_in_window
+from opero import OpmapError, RemoteError, WorkerCrashedError, opmap
+
+FAST = {"retries": 0, "progress": False}
+MODES = ["process", "thread"]
+
+
+def child_pids() -> set[int]:
+    """Live (not zombie) child processes of this test process."""
+    found = set()
+    me = str(os.getpid())
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[1] == me and fields[0] != "Z":
+            found.add(int(entry.name))
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_child_left() -> Any:
+    """Every test here ends with no worker process left over."""
+    before = child_pids()
+    yield
+    deadline = time.monotonic() + 2
+    while child_pids() - before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert child_pids() - before == set()
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def fails_on_three(x: int) -> int:
+    if x == 3:
+        raise ValueError("three")
+    return x * 10
+
+
+# --- options ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "text"),
+    [
+        ({"mode": "gpu"}, ValueError, "mode"),
+        ({"mode": 1}, TypeError, "mode"),
+        ({"workers": 0}, ValueError, "workers"),
+        ({"workers": 1.5}, TypeError, "workers"),
+        ({"chunksize": 0}, ValueError, "chunksize"),
+        ({"ordered": "yes"}, TypeError, "ordered"),
+        ({"progress": "sometimes"}, ValueError, "progress"),
+        ({"return_exceptions": 1}, TypeError, "return_exceptions"),
+        ({"retries": -1}, ValueError, "retries"),
+        ({"wrokers": 2}, TypeError, "wrokers"),
+    ],
+)
+def test_bad_options_fail_at_decoration(options: dict[str, Any], error: type, text: str) -> None:
+    with pytest.raises(error, match=text):
+        opmap(**options)(square)
+
+
+def test_async_mode_needs_an_async_function_and_no_chunksize() -> None:
+    with pytest.raises(TypeError, match="async def"):
+        opmap(mode="async")(square)
+
+    async def coro(x: int) -> int:
+        return x
+
+    with pytest.raises(ValueError, match="chunksize"):
+        opmap(mode="async", chunksize=4)(coro)
+
+
+def test_keeps_the_functions_identity() -> None:
+    mapped = opmap(square)
+    assert mapped.__name__ == "square"
+    assert mapped.__wrapped__ is square  # type: ignore[attr-defined]
+
+
+# --- results ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_results_in_input_order_with_extra_arguments(mode: str) -> None:
+    def power(x: int, exponent: int, *, offset: int = 0) -> int:
+        return x**exponent + offset
+
+    mapped = opmap(mode=mode, workers=2, **FAST)(power)
+    assert mapped(range(50), 3, offset=1) == [x**3 + 1 for x in range(50)]
+    assert mapped((x for x in range(5)), 2) == [0, 1, 4, 9, 16]  # a generator
+    assert mapped([], 2) == []
+
+
+async def test_async_mode_results_and_arguments() -> None:
+    async def scaled(x: int, factor: int) -> int:
+        await asyncio.sleep(0.001 * (x % 3))
+        return x * factor
+
+    mapped = opmap(mode="async", workers=4, **FAST)(scaled)
+    assert await mapped(range(20), 3) == [x * 3 for x in range(20)]
+
+    async def numbers() -> Any:
+        for x in range(5):
+            yield x
+
+    assert await mapped(numbers(), 2) == [0, 2, 4, 6, 8]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_async_function_in_pool_modes(mode: str) -> None:
+    async def halve(x: int) -> float:
+        await asyncio.sleep(0)
+        return x / 2
+
+    assert opmap(mode=mode, workers=2, **FAST)(halve)(range(6)) == [0, 0.5, 1, 1.5, 2, 2.5]
+
+
+@pytest.mark.parametrize("mode", [*MODES, "async"])
+def test_unordered_gives_every_result_in_completion_order(mode: str) -> None:
+    def slow_first(x: int) -> int:
+        time.sleep(0.2 if x == 0 else 0.001)
+        return x
+
+    async def aslow_first(x: int) -> int:
+        await asyncio.sleep(0.2 if x == 0 else 0.001)
+        return x
+
+    if mode == "async":
+        mapped = opmap(mode=mode, workers=2, ordered=False, **FAST)(aslow_first)
+        results = asyncio.run(mapped(range(10)))
+    else:
+        mapped = opmap(mode=mode, workers=2, ordered=False, chunksize=1, **FAST)(slow_first)
+        results = mapped(range(10))
+    assert sorted(results) == list(range(10))
+    assert results[-1] == 0  # the slow one finished last
+
+
+# --- failures --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_one_failure_keeps_every_other_result(mode: str) -> None:
+    mapped = opmap(mode=mode, workers=2, **FAST)(fails_on_three)
+    with pytest.raises(OpmapError) as caught:
+        mapped(range(8))
+    error = caught.value
+    assert error.results[:3] == [0, 10, 20]
+    assert error.results[4:] == [40, 50, 60, 70]
+    assert isinstance(error.results[3], ValueError)
+    assert list(error.failures) == [3]
+    assert str(error.failures[3]) == "three"
+    assert error.exceptions == (error.failures[3],)
+
+    kept = opmap(mode=mode, workers=2, return_exceptions=True, **FAST)(fails_on_three)(range(5))
+    assert kept[:3] == [0, 10, 20]
+    assert isinstance(kept[3], ValueError)
+
+
+async def test_async_failure_keeps_every_other_result() -> None:
+    async def afails(x: int) -> int:
+        return fails_on_three(x)
+
+    with pytest.raises(OpmapError) as caught:
+        await opmap(mode="async", workers=3, **FAST)(afails)(range(6))
+    assert caught.value.results[:3] == [0, 10, 20]
+    assert list(caught.value.failures) == [3]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_retries_apply_per_item(mode: str) -> None:
+    def flaky_once(x: int, seen: Any) -> int:
+        # Fails on its first attempt for each item: the worker's own record of items.
+        if x not in seen:
+            seen.add(x)
+            raise ConnectionError(x)
+        return x
+
+    seen: set[int] = set()
+    mapped = opmap(mode=mode, workers=2, retries=1, min_delay=0, progress=False)(flaky_once)
+    assert mapped(range(6), seen) == list(range(6))
+
+
+class TwoArgumentError(Exception):
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+
+
+def misbehaves(x: int) -> object:
+    if x == 1:
+        raise TwoArgumentError(404, "gone")  # pickles, but cannot be unpickled
+    if x == 2:
+        os._exit(3)
+    if x == 3:
+        sys.exit(4)
+    if x == 4:
+        raise KeyboardInterrupt
+    if x == 5:
+        return (i for i in range(3))  # a result that cannot be pickled, by dill either
+    return x
+
+
+def test_process_failure_modes_end_quickly_and_keep_the_rest() -> None:
+    mapped = opmap(mode="process", workers=2, return_exceptions=True, **FAST)(misbehaves)
+    started = time.monotonic()
+    results = mapped(range(10))
+    assert time.monotonic() - started < 5
+    assert results[0] == 0
+    assert results[6:] == [6, 7, 8, 9]
+    remote = results[1]
+    assert isinstance(remote, RemoteError)
+    assert remote.type_name.endswith("TwoArgumentError")
+    assert "404: gone" in str(remote)
+    assert "Traceback" in remote.traceback_text
+    assert isinstance(results[2], WorkerCrashedError)
+    assert "exited with code 3" in str(results[2])
+    assert isinstance(results[3], WorkerCrashedError)
+    assert "SystemExit" in str(results[3])
+    assert isinstance(results[4], WorkerCrashedError)
+    assert "KeyboardInterrupt" in str(results[4])
+    assert isinstance(results[5], RemoteError)
+    assert "could not be sent back" in str(results[5])
+
+
+def test_a_worker_killed_by_a_signal_fails_its_item_and_the_map_goes_on() -> None:
+    def killer(x: int) -> int:
+        if x == 7:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return x
+
+    mapped = opmap(mode="process", workers=2, return_exceptions=True, chunksize=4, **FAST)(killer)
+    results = mapped(range(20))
+    assert isinstance(results[7], WorkerCrashedError)
+    assert "signal 9" in str(results[7])
+    assert [r for i, r in enumerate(results) if i != 7] == [i for i in range(20) if i != 7]
+
+
+def test_exceptions_that_travel_keep_their_type_and_worker_traceback() -> None:
+    with pytest.raises(OpmapError) as caught:
+        opmap(mode="process", workers=2, **FAST)(fails_on_three)(range(5))
+    error = caught.value.failures[3]
+    assert type(error) is ValueError
+    assert any("Traceback in worker process" in note for note in error.__notes__)
+
+
+def test_lambdas_and_closures_run_in_process_mode() -> None:
+    base = 100
+    assert opmap(mode="process", workers=2, **FAST)(lambda x: x + base)(range(3)) == [
+        100,
+        101,
+        102,
+    ]
+
+
+def test_an_error_in_the_input_stops_the_map_and_propagates() -> None:
+    def broken() -> Any:
+        yield 1
+        raise LookupError("input broke")
+
+    with pytest.raises(LookupError, match="input broke"):
+        opmap(mode="process", workers=2, **FAST)(square)(broken())
+
+
+def test_thread_mode_base_exception_propagates() -> None:
+    def stop(x: int) -> int:
+        if x == 2:
+            raise KeyboardInterrupt
+        return x
+
+    with pytest.raises(KeyboardInterrupt):
+        opmap(mode="thread", workers=2, **FAST)(stop)(range(5))
+
+
+# --- workers honoured exactly ----------------------------------------------------------
+
+_peak = multiprocessing.get_context("fork").Array("i", [0, 0])  # running now, most seen
+
+
+def _count_concurrency(x: int) -> int:
+    with _peak.get_lock():
+        _peak[0] += 1
+        _peak[1] = max(_peak[1], _peak[0])
+    time.sleep(0.05)
+    with _peak.get_lock():
+        _peak[0] -= 1
+    return os.getpid() * 1_000_000 + threading.get_ident() % 1_000_000
+
+
+@pytest.mark.parametrize(("mode", "workers"), [("process", 2), ("process", 3), ("thread", 5)])
+def test_workers_is_exact(mode: str, workers: int) -> None:
+    _peak[0] = _peak[1] = 0
+    mapped = opmap(mode=mode, workers=workers, chunksize=1, **FAST)(_count_concurrency)
+    ids = mapped(range(workers * 4))
+    assert _peak[1] == workers
+    if mode == "process":
+        assert len({i // 1_000_000 for i in ids}) == workers  # process ids
+    else:
+        assert len(set(ids)) == workers  # thread ids in one process
+
+
+async def test_async_workers_is_exact() -> None:
+    running = peak = 0
+
+    async def track(x: int) -> int:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+        return x
+
+    assert await opmap(mode="async", workers=7, **FAST)(track)(range(40)) == list(range(40))
+    assert peak == 7
+
+
+# --- interruption ----------------------------------------------------------------------
+
+
+def test_ctrl_c_to_the_process_group_stops_the_map_and_leaves_no_worker() -> None:
+    code = textwrap.dedent(
+        """
+        import os, sys, time
+        from opero import opmap
+
+        def slow(x):
+            print("worker", os.getpid(), flush=True)
+            time.sleep(30)
+            return x
+
+        try:
+            opmap(mode="process", workers=2, chunksize=1, progress=False)(slow)(range(6))
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+            sys.exit(130)
+        """
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert child.stdout is not None
+    workers = {int(child.stdout.readline().split()[1]) for _ in range(2)}
+    os.killpg(child.pid, signal.SIGINT)  # as a terminal's Ctrl-C does
+    started = time.monotonic()
+    out, err = child.communicate(timeout=10)
+    assert time.monotonic() - started < 5
+    assert child.returncode == 130, err
+    assert "interrupted" in out
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_breaking_out_of_imap_stops_the_pool(mode: str) -> None:
+    pulled = 0
+
+    def endless() -> Any:
+        nonlocal pulled
+        for x in itertools.count():
+            pulled += 1
+            yield x
+
+    mapped = opmap(mode=mode, workers=2, **FAST)(square)
+    stream = mapped.imap(endless())
+    assert [next(stream) for _ in range(100)] == [x * x for x in range(100)]
+    stream.close()
+    assert pulled < 100 + 2 * 2 * 1024  # in flight: at most 2 chunks per worker
+
+
+async def test_cancelling_an_async_map_cancels_its_items() -> None:
+    finished = 0
+
+    async def sleepy(x: int) -> int:
+        nonlocal finished
+        await asyncio.sleep(10)
+        finished += 1
+        return x
+
+    task = asyncio.ensure_future(opmap(mode="async", workers=4, **FAST)(sleepy)(range(100)))
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert time.monotonic() - started < 1
+    assert finished == 0
+    assert len(asyncio.all_tasks()) == 1  # only this test's own task is left
+
+
+# --- streaming -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_imap_streams_in_order_and_raises_failures_at_the_end(mode: str) -> None:
+    mapped = opmap(mode=mode, workers=2, **FAST)(fails_on_three)
+    seen: list[int] = []
+
+    def consume() -> None:
+        seen.extend(mapped.imap(range(6)))
+
+    with pytest.raises(OpmapError) as caught:
+        consume()
+    assert seen == [0, 10, 20, 40, 50]
+    assert list(caught.value.failures) == [3]
+    kept = list(
+        opmap(mode=mode, workers=2, return_exceptions=True, **FAST)(fails_on_three).imap(range(5))
+    )
+    assert isinstance(kept[3], ValueError)
+
+
+async def test_async_imap_streams() -> None:
+    async def double(x: int) -> int:
+        await asyncio.sleep(0)
+        return 2 * x
+
+    mapped = opmap(mode="async", workers=3, **FAST)(double)
+    assert [value async for value in mapped.imap(range(10))] == [2 * x for x in range(10)]
+
+
+# --- cache and rate limit --------------------------------------------------------------
+
+_calls = multiprocessing.get_context("fork").Value("i", 0)
+
+
+def _counted_square(x: int) -> int:
+    with _calls.get_lock():
+        _calls.value += 1
+    return x * x
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cache_computes_duplicates_once_and_serves_the_next_map(mode: str) -> None:
+    _calls.value = 0
+    mapped = opmap(mode=mode, workers=2, cache=True, **FAST)(_counted_square)
+    items = [1, 2, 3, 1, 2, 3, 4, 1]
+    assert mapped(items) == [x * x for x in items]
+    assert _calls.value == 4
+    assert mapped(items) == [x * x for x in items]
+    assert _calls.value == 4  # every item a hit, in the parent
+    info = mapped.cache_info()  # type: ignore[attr-defined]
+    assert info.misses == 4
+    mapped.cache_clear()  # type: ignore[attr-defined]
+    mapped([1])
+    assert _calls.value == 5
+
+
+def _start_time(x: int) -> float:
+    return time.monotonic()
+
+
+def test_process_mode_rate_limit_holds_over_all_workers() -> None:
+    mapped = opmap(mode="process", workers=2, rate_limit=20, chunksize=1, **FAST)(_start_time)
+    starts = mapped(range(30))
+    assert max_starts_in_window(starts) <= 21
+    gaps = [b - a for a, b in itertools.pairwise(sorted(starts))]
+    assert min(gaps) >= 0.9 / 20
+
+
+# --- progress --------------------------------------------------------------------------
+
+
+def test_progress_bar_shows_count_and_failures_when_forced(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    opmap(mode="thread", workers=2, retries=0, progress="always", return_exceptions=True)(
+        fails_on_three
+    )(range(10))
+    err = capsys.readouterr().err
+    assert "10/10" in err
+    assert "failed=1" in err
+
+
+def test_progress_bar_stays_hidden_off_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    opmap(mode="thread", workers=2, retries=0)(square)(range(10))
+    assert capsys.readouterr().err == ""
