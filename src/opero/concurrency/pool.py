@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import math
 import queue
 import time
@@ -285,7 +286,9 @@ class Dispatcher:
         self.sizer = sizer
         self.limit = 2 * workers
         self.cache = cache
-        self.source = enumerate(items)
+        self.items = iter(items)
+        self.source = enumerate(self.items)  # with the cache: item by item
+        self.taken = 0  # without: chunks sliced off `items` at C speed
         self.exhausted = False
         self.inflight: dict[int, _Chunk] = {}
         self.redo: deque[_Chunk] = deque()
@@ -326,6 +329,15 @@ class Dispatcher:
 
     def _take(self, chunk: _Chunk) -> Iterator[Batch]:
         cache, size = self.cache, self.sizer.size
+        if cache is None:
+            chunk.items.extend(itertools.islice(self.items, size))
+            count = len(chunk.items)
+            chunk.indices.extend(range(self.taken, self.taken + count))
+            chunk.keys.extend(itertools.repeat(None, count))
+            self.taken += count
+            if count < size:
+                self.exhausted = True
+            return
         for index, item in self.source:
             key = None
             if cache is not None:

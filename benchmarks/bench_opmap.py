@@ -1,0 +1,172 @@
+"""`@opmap` against its peers, in one run, pool start included (each map owns its pool).
+
+- process, 10,000 trivial items: multiprocessing.Pool.map, ProcessPoolExecutor.map
+  (chunksize as Pool.map picks it), joblib (loky), mpire, and opmap on its two process
+  engines (twat-mp/pathos, the default, and the stdlib pool);
+- process, 8 CPU-bound items on `--workers` workers: speed-up over a serial loop;
+- thread, 200 items of 2 ms I/O (sleep) on 8 workers: ThreadPoolExecutor.map;
+- async, 2,000 items of 1 ms I/O on 100 workers: asyncio.gather with a semaphore.
+
+Medians of `--rounds` runs; ratios are opero / peer (below 1: opero is faster).
+
+    python benchmarks/bench_opmap.py [--rounds N] [--workers N] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import statistics
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from typing import Any
+
+import opero.concurrency.pool as pool_module
+from opero import opmap
+
+
+def trivial(x: int) -> int:
+    return x * x
+
+
+def cpu_bound(x: int) -> int:
+    total = 0
+    for i in range(1_500_000):
+        total += i % (x + 3)
+    return total
+
+
+def io_bound(x: int) -> int:
+    time.sleep(0.002)
+    return x
+
+
+async def aio_bound(x: int) -> int:
+    await asyncio.sleep(0.001)
+    return x
+
+
+def median_ms(run: Callable[[], Any], rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def process_trivial(rounds: int, workers: int, count: int) -> None:
+    items = range(count)
+    chunksize = max(1, -(-count // (workers * 4)))
+    opero_map = opmap(mode="process", workers=workers, cache=False, progress=False)(trivial)
+
+    def opero_on(kind: str) -> Callable[[], Any]:
+        def run() -> Any:
+            pool_module.PROCESS_POOL = kind
+            try:
+                return opero_map(items)
+            finally:
+                pool_module.PROCESS_POOL = "twat-mp"
+
+        return run
+
+    def mp_pool() -> Any:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            return pool.map(trivial, items)
+
+    def executor() -> Any:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as ex:
+            return list(ex.map(trivial, items, chunksize=chunksize))
+
+    def joblib_map() -> Any:
+        from joblib import Parallel, delayed
+
+        return Parallel(n_jobs=workers)(delayed(trivial)(x) for x in items)
+
+    def mpire_map() -> Any:
+        from mpire import WorkerPool
+
+        with WorkerPool(n_jobs=workers) as pool:
+            return pool.map(trivial, items)
+
+    contenders = {
+        "opmap (twat-mp)": opero_on("twat-mp"),
+        "opmap (stdlib pool)": opero_on("stdlib"),
+        "multiprocessing.Pool.map": mp_pool,
+        "ProcessPoolExecutor.map": executor,
+        "joblib": joblib_map,
+        "mpire": mpire_map,
+    }
+    # Interleaved rounds, so that a noisy moment of this shared machine hits every one.
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, run in contenders.items():
+            times[name].append(median_ms(run, 1))
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    print(f"process mode, {count:,} trivial items, {workers} workers, pool start included:")
+    mine = medians["opmap (twat-mp)"]
+    for name, value in medians.items():
+        ratio = "" if name.startswith("opmap (twat") else f"   opmap/this = {mine / value:.2f}"
+        print(f"  {name:26} {value:8.1f} ms{ratio}")
+
+
+def process_cpu(rounds: int, workers: int) -> None:
+    items = list(range(8))
+    serial = median_ms(lambda: [cpu_bound(x) for x in items], max(1, rounds // 2))
+    mapped = opmap(mode="process", workers=workers, cache=False, progress=False)(cpu_bound)
+    parallel = median_ms(lambda: mapped(items), max(1, rounds // 2))
+    print(f"process mode, 8 CPU-bound items, {workers} workers:")
+    print(f"  serial {serial:.0f} ms, opmap {parallel:.0f} ms, speed-up {serial / parallel:.2f}x")
+
+
+def thread_io(rounds: int) -> None:
+    items = range(200)
+    mapped = opmap(mode="thread", workers=8, cache=False, progress=False)(io_bound)
+
+    def executor() -> Any:
+        with ThreadPoolExecutor(8) as ex:
+            return list(ex.map(io_bound, items))
+
+    mine = median_ms(lambda: mapped(items), rounds)
+    peer = median_ms(executor, rounds)
+    print("thread mode, 200 items x 2 ms sleep, 8 workers:")
+    print(f"  opmap {mine:.1f} ms, ThreadPoolExecutor {peer:.1f} ms, ratio {mine / peer:.2f}")
+
+
+def async_io(rounds: int) -> None:
+    items = range(2000)
+    mapped = opmap(mode="async", workers=100, cache=False, progress=False)(aio_bound)
+
+    async def gather() -> Any:
+        semaphore = asyncio.Semaphore(100)
+
+        async def one(x: int) -> int:
+            async with semaphore:
+                return await aio_bound(x)
+
+        return await asyncio.gather(*(one(x) for x in items))
+
+    mine = median_ms(lambda: asyncio.run(mapped(items)), rounds)
+    peer = median_ms(lambda: asyncio.run(gather()), rounds)
+    print("async mode, 2,000 items x 1 ms sleep, 100 at once:")
+    print(f"  opmap {mine:.1f} ms, gather+semaphore {peer:.1f} ms, ratio {mine / peer:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="a smoke run, for the tests")
+    args = parser.parse_args()
+    rounds = 2 if args.quick else args.rounds
+    process_trivial(rounds, args.workers, 1000 if args.quick else 10_000)
+    if not args.quick:
+        process_cpu(rounds, args.workers)
+    thread_io(rounds)
+    async_io(rounds)
+
+
+if __name__ == "__main__":
+    main()
