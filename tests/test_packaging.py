@@ -54,6 +54,10 @@ def test_demo_runs_all_three_scenarios() -> None:
     assert "attempt 1 failed with ConnectionError" in out
     assert "cache_info: hits=1 misses=1 size=1" in out
     assert "second call: [a] answer to 'What is cached?'" in out
+    assert "OpmapError: 1 of 300 items" in out
+    assert "results kept: 299 of 300; results[10] = 20" in out
+    assert "failed: item 137: LookupError" in out
+    assert "items that needed a retry: 44;" in out  # 43 multiples of 7, and item 137
     offsets = [
         float(x) for x in out.split("8 calls started at (ms): ")[1].split("\n")[0].split(", ")
     ]
@@ -100,6 +104,7 @@ def test_readme_quick_start_matches_ci() -> None:
         ("bench_overhead.py", ("opero", "tenacity", "stamina", "backoff")),
         ("bench_cache.py", ("opero", "functools.lru_cache", "TTLCache", "diskcache memoize")),
         ("bench_rate_limit.py", ("8 threads", "50 tasks", "2 processes", "rate_limit=1e6/s")),
+        ("bench_opmap.py", ("multiprocessing.Pool.map", "joblib", "mpire", "ThreadPoolExecutor")),
     ],
 )
 def test_benchmark_runs(script: str, names: tuple[str, ...]) -> None:

@@ -116,6 +116,41 @@ def _rate_limit_scenario() -> None:
     _say(f"   8 calls started at (ms): {offsets}")
 
 
+def _map_scenario() -> None:
+    _say("\n6. @opmap over 300 items on 16 threads: retries per item, one item always fails")
+    from loguru import logger
+
+    from opero import OpmapError, opmap
+
+    logger.disable("opero")  # 44 retry messages would drown the progress bar
+
+    attempts: dict[int, int] = {}
+
+    @opmap(mode="thread", workers=16, cache=False, retries=2, min_delay=0.01)
+    def fetch(item: int) -> int:
+        attempts[item] = attempts.get(item, 0) + 1
+        time.sleep(0.01)
+        if item == 137:
+            raise LookupError(f"item {item} does not exist")
+        if item % 7 == 0 and attempts[item] == 1:
+            raise ConnectionError("connection reset")
+        return item * 2
+
+    started = time.perf_counter()
+    try:
+        fetch(range(300))
+    except OpmapError as error:
+        took = time.perf_counter() - started
+        kept = len(error.results) - len(error.failures)
+        _say(f"   OpmapError: {error.message} ({took:.2f}s; a progress bar shows on a terminal)")
+        _say(f"   results kept: {kept} of {len(error.results)}; results[10] = {error.results[10]}")
+        for index, failure in error.failures.items():
+            _say(f"   failed: item {index}: {type(failure).__name__}: {failure}")
+    retried = sum(1 for count in attempts.values() if count > 1)
+    _say(f"   items that needed a retry: {retried}; attempts in all: {sum(attempts.values())}")
+    logger.enable("opero")
+
+
 def run_demo() -> int:
     """Run the scenarios, printing what happens; returns the exit status."""
     from loguru import logger
@@ -131,5 +166,6 @@ def run_demo() -> int:
     _all_failed_scenario()
     _cache_scenario()
     _rate_limit_scenario()
+    _map_scenario()
     _say("\nDone.")
     return 0
