@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any, assert_type
 
-from opero import AllFailedError, opero
+from opero import AllFailedError, opero, opmap
 
 
 @opero
@@ -44,3 +44,22 @@ class Client:
 
 def check_method() -> None:
     assert_type(Client().get("/a"), int)
+
+
+@opmap(mode="thread", workers=2)
+def scaled(x: int, factor: float = 1.0) -> float:
+    return x * factor
+
+
+@opmap(mode="async", workers=4)
+async def shout(word: str) -> str:
+    return word.upper()
+
+
+async def check_opmap() -> None:
+    assert_type(scaled([1, 2], factor=2.0), list[float])
+    for value in scaled.imap(range(3)):
+        assert_type(value, float)
+    assert_type(await shout(["a"]), list[str])
+    async for word in shout.imap(["b"]):
+        assert_type(word, str)
