@@ -347,7 +347,7 @@ def test_ctrl_c_to_the_process_group_stops_the_map_and_leaves_no_worker() -> Non
         from opero import opmap
 
         def slow(x):
-            print("worker", os.getpid(), flush=True)
+            os.write(1, f"worker {os.getpid()}\\n".encode())  # one write: no interleaving
             time.sleep(30)
             return x
 
@@ -366,10 +366,18 @@ def test_ctrl_c_to_the_process_group_stops_the_map_and_leaves_no_worker() -> Non
         start_new_session=True,
     )
     assert child.stdout is not None
-    workers = {int(child.stdout.readline().split()[1]) for _ in range(2)}
-    os.killpg(child.pid, signal.SIGINT)  # as a terminal's Ctrl-C does
-    started = time.monotonic()
-    out, err = child.communicate(timeout=10)
+    try:
+        lines = [child.stdout.readline() for _ in range(2)]
+        if not all(lines):
+            pytest.fail(f"the child ended before its workers started: {child.communicate()}")
+        workers = {int(line.split()[1]) for line in lines}
+        os.killpg(child.pid, signal.SIGINT)  # as a terminal's Ctrl-C does
+        started = time.monotonic()
+        out, err = child.communicate(timeout=10)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.communicate()
     assert time.monotonic() - started < 5
     assert child.returncode == 130, err
     assert "interrupted" in out
