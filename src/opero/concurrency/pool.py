@@ -6,9 +6,9 @@ leak one). The engine never sees an exception: workers answer every chunk with a
 `Outcome`. What the engine cannot contain on its own is contained here:
 
 - a worker that dies (``os._exit``, a signal, the OOM killer) loses its task and the pool
-  would wait for it forever; `ProcessEngine.supervise` finds the dead worker's item from
-  its slot, fails that item with `WorkerCrashedError` and sends the rest of the chunk
-  again (the pool has already started a fresh worker);
+  would wait for it forever; `ProcessEngine.supervise` finds the dead worker's chunk from
+  its slot; a lone item fails with `WorkerCrashedError`, a longer chunk is sent again item
+  by item to find the one at fault (the pool has already started a fresh worker);
 - Ctrl-C, cancellation, an early `break` out of `imap`, or any error stops dispatch and
   terminates the pool before leaving twat-mp's context (whose exit would otherwise join
   busy workers and hang), so no worker process outlives the call.
@@ -41,6 +41,7 @@ from opero.concurrency.worker import (
     run_chunk_in_process,
     run_chunk_local,
 )
+from opero.core.cache import MISSING
 from opero.exceptions import WorkerCrashedError
 
 PROCESS_POOL = "twat-mp"  # or "stdlib": measured side by side in benchmarks/bench_opmap.py
@@ -82,7 +83,6 @@ class ThreadEngine:
         factory = functools.partial(PathosThreadPool, id=f"opero-{uuid.uuid4().hex}")
         self._context = MultiPool(pool_class=factory, nodes=workers)  # type: ignore[arg-type]
         pool: Any = self._context.__enter__()
-        self._pool = pool
         self._raw = pool._serve()
 
     def submit(self, number: int, items: list[Any]) -> None:
@@ -101,7 +101,7 @@ class ThreadEngine:
 
     def close(self, *, clean: bool) -> None:
         if not clean:
-            self._pool.terminate()  # no new chunks start; running items finish
+            self._raw.terminate()  # no new chunks start; running items finish
         self._context.__exit__(None, None, None)
 
 
@@ -221,36 +221,27 @@ class ParentCache:
         self.waiting: dict[Any, list[int]] = {}
 
     def lookup(self, item: Any) -> tuple[str, Any]:
-        """("hit", value), ("miss", key), ("first", key), ("wait", key) or ("fail", error)."""
-        from opero.core.cache import _UNBOUND
-
+        """("hit", value), ("uncached", None), ("first", key), ("wait", key) or
+        ("fail", error): a custom `cache_key` that raised fails the item."""
         step = self.step
-        key = _UNBOUND
         try:
-            key = step.key_of((item, *self.args), self.kwargs)
-            value = step.backend.get(key)
-        except Exception as exc:
-            try:
-                key = step.after_failed_lookup(key, exc)
-            except Exception as bug:  # a custom cache_key raised: the item's failure
-                return "fail", bug
-            if key is _UNBOUND:
-                return "miss", None
-            try:
-                value = step.backend.get(key)
-            except Exception:
-                if key in self.waiting:
-                    return "wait", key
-                self.waiting[key] = []
-                step.misses += 1
-                return "first", key
-        step.hits += 1
-        return "hit", value
+            key = step.key((item, *self.args), self.kwargs)
+        except Exception as bug:
+            return "fail", bug
+        if key is MISSING:
+            return "uncached", MISSING
+        if key in self.waiting:  # computing in this map already: not a miss of its own
+            return "wait", key
+        value = step.get(key)
+        if value is not MISSING:
+            return "hit", value
+        self.waiting[key] = []
+        return "first", key
 
     def settle(self, key: Any, ok: bool, value: Any) -> list[int]:
         """Store a success; the indices of this map's other items with the same key."""
         if ok:
-            self.step._store(key, value)
+            self.step.store(key, value)
         return self.waiting.pop(key, [])
 
 
@@ -267,7 +258,7 @@ class Batch(NamedTuple):
 class _Chunk(NamedTuple):
     indices: list[int]
     items: list[Any]
-    keys: list[Any]  # cache keys (process mode), None where uncached
+    keys: list[Any]  # cache keys (process mode), MISSING where uncached
 
 
 class Dispatcher:
@@ -333,26 +324,23 @@ class Dispatcher:
             chunk.items.extend(itertools.islice(self.items, size))
             count = len(chunk.items)
             chunk.indices.extend(range(self.taken, self.taken + count))
-            chunk.keys.extend(itertools.repeat(None, count))
+            chunk.keys.extend(itertools.repeat(MISSING, count))
             self.taken += count
             if count < size:
                 self.exhausted = True
             return
         for index, item in self.source:
-            key = None
-            if cache is not None:
-                verdict, value = cache.lookup(item)
-                if verdict in {"hit", "fail"}:
-                    ok = verdict == "hit"
-                    yield Batch([index], [value if ok else None], {} if ok else {0: value})
-                    continue
-                if verdict == "wait":
-                    cache.waiting[value].append(index)
-                    continue
-                key = value
+            verdict, value = cache.lookup(item)
+            if verdict in {"hit", "fail"}:
+                ok = verdict == "hit"
+                yield Batch([index], [value if ok else None], {} if ok else {0: value})
+                continue
+            if verdict == "wait":
+                cache.waiting[value].append(index)
+                continue
             chunk.indices.append(index)
             chunk.items.append(item)
-            chunk.keys.append(key)
+            chunk.keys.append(value)  # MISSING when uncached
             if len(chunk.items) >= size:
                 return
         self.exhausted = True
@@ -387,7 +375,7 @@ class Dispatcher:
         if cache is None:
             return
         for offset, key in enumerate(chunk.keys):
-            if key is None:
+            if key is MISSING:
                 continue
             ok = offset not in outcome.failures
             value = outcome.results[offset] if ok else outcome.failures[offset]
@@ -429,7 +417,7 @@ async def dispatch_async(
     propagates, as it would from a plain call.
     """
     done: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=2 * workers)
-    source = _numbered(items)
+    source = _Numbered(items)
     fatal: list[BaseException] = []
 
     async def worker() -> None:
@@ -495,7 +483,3 @@ class _Numbered:
 
 
 _END: Any = object()
-
-
-def _numbered(items: Iterable[Any] | AsyncIterator[Any]) -> _Numbered:
-    return _Numbered(items)

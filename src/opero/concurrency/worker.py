@@ -163,56 +163,40 @@ def run_chunk_in_process(chunk_number: int, payload: bytes) -> bytes:
 
 
 def portable_error(exc: Exception) -> Exception:
-    """`exc` if it survives a pickle round trip, else a `RemoteError` describing it.
+    """`exc` if it survives the trip to the parent, else a `RemoteError` describing it.
 
     The worker's traceback is attached as a note, since pickling drops tracebacks.
     """
     text = "".join(traceback.format_exception(exc))
     try:
         exc.add_note(f"Traceback in worker process {os.getpid()}:\n{text.rstrip()}")
-        for dumps, loads in _serializers():
-            try:
-                loads(dumps(exc))
-            except Exception:
-                continue
-            return exc
+        _loads(_dumps(exc))  # e.g. an __init__ with two arguments pickles, but won't load
     except Exception:
-        pass
-    kind = type(exc)
-    return RemoteError(f"{kind.__module__}.{kind.__qualname__}", _safe_str(exc), text)
+        kind = type(exc)
+        return RemoteError(f"{kind.__module__}.{kind.__qualname__}", _safe_str(exc), text)
+    return exc
 
 
 def encode_outcome(outcome: Outcome) -> bytes:
     """Pickle `outcome`; results that cannot travel become `RemoteError`s of their item."""
     try:
-        return b"P" + pickle.dumps(outcome, pickle.HIGHEST_PROTOCOL)
-    except Exception:  # dill next, imported only now: it takes ~30 ms to import
-        pass
-    try:
-        import dill
-
-        return b"D" + bytes(dill.dumps(outcome))
-    except Exception:  # repair item by item below
+        return _dumps(outcome)
+    except Exception:  # find the results at fault
         pass
     for offset, value in enumerate(outcome.results):
         if offset in outcome.failures:
             continue
         try:
-            pickle.dumps(value)
-        except Exception:
-            try:
-                import dill
-
-                dill.dumps(value)
-            except Exception as exc:
-                outcome.results[offset] = None
-                kind = type(value)
-                outcome.failures[offset] = RemoteError(
-                    "PicklingError",
-                    f"the result ({kind.__module__}.{kind.__qualname__}) could not be sent "
-                    f"back from the worker process: {_safe_str(exc)}",
-                )
-    return encode_outcome(outcome)
+            _dumps(value)
+        except Exception as exc:
+            outcome.results[offset] = None
+            kind = type(value)
+            outcome.failures[offset] = RemoteError(
+                "PicklingError",
+                f"the result ({kind.__module__}.{kind.__qualname__}) could not be sent "
+                f"back from the worker process: {_safe_str(exc)}",
+            )
+    return _dumps(outcome)
 
 
 def decode_outcome(data: bytes) -> Outcome:
@@ -222,34 +206,29 @@ def decode_outcome(data: bytes) -> Outcome:
 
 
 def encode_items(items: list[Any]) -> bytes:
-    """Pickle a chunk's items for a process worker (dill only for what pickle refuses)."""
+    """Pickle a chunk's items for a process worker."""
+    return _dumps(items)
+
+
+def _dumps(value: Any) -> bytes:
+    """Tagged bytes: the standard pickler, or dill for what it refuses (lambdas, ...).
+
+    dill is imported only then: it takes ~30 ms to import, once per worker.
+    """
     try:
-        return b"P" + pickle.dumps(items, pickle.HIGHEST_PROTOCOL)
+        return b"P" + pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
     except Exception:
         import dill
 
-        return b"D" + bytes(dill.dumps(items))
+        return b"D" + bytes(dill.dumps(value))
 
 
 def _loads(data: bytes) -> Any:
     if data[:1] == b"P":
         return pickle.loads(data[1:])
-    return _dill_loads(data[1:])
-
-
-def _dill_loads(data: bytes) -> Any:
     import dill
 
-    return dill.loads(data)
-
-
-def _serializers() -> list[tuple[Callable[[Any], bytes], Callable[[bytes], Any]]]:
-    import dill
-
-    return [
-        (lambda value: pickle.dumps(value, pickle.HIGHEST_PROTOCOL), pickle.loads),
-        (dill.dumps, dill.loads),
-    ]
+    return dill.loads(data[1:])
 
 
 def _safe_str(exc: BaseException) -> str:

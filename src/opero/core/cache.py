@@ -87,6 +87,7 @@ class MemoryBackend:
 
 
 _UNBOUND: Any = object()  # no key (arguments did not bind), or no value found
+MISSING: Any = _UNBOUND  # the same marker, for callers of `CacheStep.key` and `.get`
 
 
 class _Flight:
@@ -237,16 +238,11 @@ class CacheStep:
     def _compute_sync(
         self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], key: Any
     ) -> Any:
-        try:  # stored meanwhile by another leader, or a frozen key that is a hit
-            value = self.backend.get(key)
-        except Exception:
-            value = _UNBOUND
-        if value is not _UNBOUND:
-            self.hits += 1
+        value = self.get(key)  # stored meanwhile by another leader, or a frozen key's hit
+        if value is not MISSING:
             return value
-        self.misses += 1
         value = func(*args, **kwargs)
-        self._store(key, value)
+        self.store(key, value)
         return value
 
     async def miss_async(
@@ -302,7 +298,32 @@ class CacheStep:
             if self._async_flights.get(key) is future:
                 del self._async_flights[key]
 
-    def _store(self, key: Any, value: object) -> None:
+    # Lookups by callers that run the function elsewhere (`@opmap`'s parent process);
+    # the wrappers above inline the same decisions on their hot path.
+
+    def key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The hashable key of a call, or `MISSING` when the call is to run uncached."""
+        key = _UNBOUND
+        try:
+            key = self.key_of(args, kwargs)
+            hash(key)
+        except Exception as exc:
+            return self.after_failed_lookup(key, exc)
+        return key
+
+    def get(self, key: Any) -> Any:
+        """The cached value, or `MISSING`; counted as a hit or a miss."""
+        try:
+            value = self.backend.get(key)
+        except Exception as exc:
+            if not isinstance(exc, KeyError):
+                _log_cache_problem("read", exc)
+            self.misses += 1
+            return MISSING
+        self.hits += 1
+        return value
+
+    def store(self, key: Any, value: object) -> None:
         try:
             self.backend.set(key, value, self.ttl)
         except Exception as exc:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import os
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
 from typing import (
     TYPE_CHECKING,
@@ -186,31 +185,13 @@ class _Map:
             self.pipeline = decorate(func, options._replace(cache=False))
             if options.cache:
                 self.cache_step = build_cache_step(func, options)
+            _share_rate_limit(self.pipeline, options)
         else:
             self.pipeline = decorate(func, options)
-        self._shared_lock = threading.Lock()
-        self._shared = False
 
     def workers(self) -> int:
         assert self.settings.workers is not None
         return self.settings.workers
-
-    def _share_rate_limit(self) -> None:
-        """Process mode: one limit over all workers, through shared memory (once)."""
-        step = getattr(self.pipeline, "__opero_rate_limit__", None)
-        if step is None or self.options.rate_limit_backend != "local" or self._shared:
-            return
-        with self._shared_lock:
-            if not self._shared:
-                import multiprocess
-
-                from opero.core.rate_limit import SharedRateLimiter
-
-                assert self.options.rate_limit is not None
-                step.limiter = SharedRateLimiter(
-                    self.options.rate_limit, multiprocess.get_context()
-                )
-                self._shared = True
 
     def outcomes(
         self, items: Iterable[Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -219,8 +200,6 @@ class _Map:
         from opero.concurrency.worker import Job
 
         mode, workers = self.settings.mode, self.workers()
-        if mode == "process":
-            self._share_rate_limit()
         job = Job(self.pipeline, args, kwargs, is_async=self.is_async)
         cache = None if self.cache_step is None else ParentCache(self.cache_step, args, kwargs)
         with engine_for(mode, job, workers) as engine:
@@ -297,6 +276,19 @@ class _Map:
                 [],
                 failures,
             )
+
+
+def _share_rate_limit(pipeline: Any, options: OperoOptions) -> None:
+    """Process mode: one limit over all workers, in shared memory the workers inherit."""
+    step = getattr(pipeline, "__opero_rate_limit__", None)
+    if step is None or options.rate_limit_backend != "local":
+        return  # no limit, or Redis's, which every process shares already
+    import multiprocessing
+
+    from opero.core.rate_limit import SharedRateLimiter
+
+    assert options.rate_limit is not None
+    step.limiter = SharedRateLimiter(options.rate_limit, multiprocessing.get_context("fork"))
 
 
 class _Reorder:
