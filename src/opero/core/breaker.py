@@ -1,0 +1,447 @@
+"""Circuit breaker: stop calling a function that keeps failing, then probe it again.
+
+A `Breaker` is a small state machine with three states:
+
+``closed``
+    Calls go through. Each outcome is counted. The breaker *trips* (becomes ``open``)
+    when `failure_threshold` calls in a row have failed, or when the failure rate over
+    the sliding `window` reaches `failure_rate` once the window holds at least
+    `minimum_calls` calls.
+``open``
+    Calls are refused at once with `CircuitOpenError`, whose `.retry_in` says how many
+    seconds remain. After the open duration has passed the breaker is ``half_open``.
+``half_open``
+    Up to `half_open_probes` calls (*probes*) are let through; every other caller is
+    refused. When all probes have succeeded the breaker closes again and forgets its
+    history. A single failed probe re-opens it.
+
+The open duration grows with each consecutive trip, that is each re-open from
+``half_open`` without a close in between: the n-th consecutive trip (n = 0 for the
+first) stays open for ``min(open_duration * backoff_factor ** n, max_open_duration)``
+seconds. Closing resets it, so the next trip after a close lasts `open_duration` again.
+
+The sliding window is memory-bounded whatever the call rate: it is kept as 10 time
+buckets of ``window / 10`` seconds, each holding only a count of calls and of failures,
+and a bucket's counts are dropped as it ages out. The rate therefore covers the last
+`window` seconds at a granularity of a tenth of it.
+
+The breaker only ever sees outcomes, never the call's arguments or results, so it
+cannot log or keep any of them. It is thread- and task-safe: a `threading.Lock` is held
+only for a few arithmetic steps inside its methods, never while the protected call runs.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+from opero.exceptions import CircuitOpenError
+
+__all__ = ["Breaker", "BreakerSet", "CircuitBreakerOptions"]
+
+_BUCKETS = 10
+
+# Internal states; `Breaker.state` reports them as strings.
+_CLOSED = 0
+_OPEN = 1
+_HALF_OPEN = 2
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_int(field: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"CircuitBreakerOptions: {field} must be an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"CircuitBreakerOptions: {field} must be >= 1, got {value!r}")
+
+
+def _check_number(field: str, value: object, *, low: float, low_inclusive: bool) -> float:
+    if not _is_number(value):
+        raise TypeError(f"CircuitBreakerOptions: {field} must be a number, got {value!r}")
+    assert isinstance(value, int | float)
+    number = float(value)
+    in_range = number >= low if low_inclusive else number > low
+    if not math.isfinite(number) or not in_range:
+        relation = ">=" if low_inclusive else ">"
+        raise ValueError(
+            f"CircuitBreakerOptions: {field} must be a finite number {relation} {low:g}, "
+            f"got {value!r}"
+        )
+    return number
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitBreakerOptions:
+    """When a `Breaker` opens, for how long, and how it probes before closing.
+
+    Every field is checked on construction: a value of the wrong type (``True`` is not
+    a number here) raises `TypeError`, a value out of range, NaN or infinite raises
+    `ValueError`; the message names the field and the value.
+    """
+
+    failure_threshold: int = 5
+    """Consecutive failures that open the breaker (>= 1)."""
+    failure_rate: float | None = 0.5
+    """Open when failures / calls over the window reaches this (0 < x <= 1); None: off."""
+    minimum_calls: int = 10
+    """`failure_rate` applies only once the window holds at least this many calls (>= 1)."""
+    window: float = 60.0
+    """Seconds covered by the sliding window of `failure_rate` (> 0, finite)."""
+    open_duration: float = 5.0
+    """Seconds the first trip stays open (> 0, finite)."""
+    backoff_factor: float = 2.0
+    """Each consecutive trip multiplies the open duration by this (>= 1, finite)."""
+    max_open_duration: float = 300.0
+    """Ceiling of the open duration (>= open_duration, finite)."""
+    half_open_probes: int = 1
+    """Calls let through while half-open; all must succeed to close (>= 1)."""
+
+    def __post_init__(self) -> None:
+        _check_int("failure_threshold", self.failure_threshold)
+        rate = self.failure_rate
+        if rate is not None:
+            if not _is_number(rate):
+                raise TypeError(
+                    f"CircuitBreakerOptions: failure_rate must be a number or None, got {rate!r}"
+                )
+            if not 0 < rate <= 1:  # also refuses NaN
+                raise ValueError(
+                    "CircuitBreakerOptions: failure_rate must be a number in (0, 1] or None, "
+                    f"got {rate!r}"
+                )
+        _check_int("minimum_calls", self.minimum_calls)
+        _check_number("window", self.window, low=0, low_inclusive=False)
+        open_duration = _check_number(
+            "open_duration", self.open_duration, low=0, low_inclusive=False
+        )
+        _check_number("backoff_factor", self.backoff_factor, low=1, low_inclusive=True)
+        max_open_duration = _check_number(
+            "max_open_duration", self.max_open_duration, low=0, low_inclusive=False
+        )
+        if max_open_duration < open_duration:
+            raise ValueError(
+                "CircuitBreakerOptions: max_open_duration must be >= open_duration "
+                f"({self.open_duration!r}), got {self.max_open_duration!r}"
+            )
+        _check_int("half_open_probes", self.half_open_probes)
+
+
+class Breaker:
+    """One breaker state machine (see the module docstring for its states).
+
+    Call `before()` before each attempt (it raises `CircuitOpenError` to refuse it),
+    then exactly one of `success()`, `failure()` or `release()` once the attempt ends.
+    Outcomes are counted, not matched to their attempt: one reported while the breaker
+    is open is ignored, and one reported while half-open counts as a probe's whenever a
+    probe is in flight, even if its attempt was allowed before this half-open phase.
+
+    Thread- and task-safe: a `threading.Lock` is held only inside these methods, never
+    during the protected call.
+    """
+
+    __slots__ = (
+        "_bucket_calls",
+        "_bucket_failures",
+        "_calls",
+        "_clock",
+        "_consecutive",
+        "_epoch",
+        "_factor",
+        "_failures",
+        "_index",
+        "_label",
+        "_lock",
+        "_max_duration",
+        "_minimum_calls",
+        "_next_duration",
+        "_open_duration",
+        "_opened_until",
+        "_past_calls",
+        "_past_failures",
+        "_probes",
+        "_probes_ok",
+        "_probes_started",
+        "_rate",
+        "_state",
+        "_threshold",
+        "_width",
+        "name",
+        "options",
+    )
+
+    def __init__(
+        self,
+        options: CircuitBreakerOptions,
+        name: str = "",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.options = options
+        self.name = name
+        self._label = name or "this call"
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._threshold = options.failure_threshold
+        self._rate = None if options.failure_rate is None else float(options.failure_rate)
+        self._minimum_calls = options.minimum_calls
+        # Buckets of at least a microsecond keep time // width an exact float (and finite).
+        self._width = max(float(options.window) / _BUCKETS, 1e-6)
+        self._open_duration = float(options.open_duration)
+        self._factor = float(options.backoff_factor)
+        self._max_duration = float(options.max_open_duration)
+        self._probes = options.half_open_probes
+        self._state = _CLOSED
+        self._consecutive = 0
+        self._next_duration = self._open_duration  # duration of the next trip
+        self._opened_until = 0.0
+        self._probes_started = 0
+        self._probes_ok = 0
+        # The sliding window. The newest bucket's counts are in `_calls` and `_failures`
+        # (cheaper to bump than a list item); the older buckets' are in the two lists,
+        # at (newest's index - age) % _BUCKETS, with their sums in `_past_*`.
+        self._bucket_calls = [0] * _BUCKETS
+        self._bucket_failures = [0] * _BUCKETS
+        self._past_calls = self._past_failures = 0
+        self._calls = self._failures = 0
+        # The newest bucket's number (time // width; a float, as int() is slow on the hot
+        # path) and its index in the lists.
+        self._epoch = 0.0
+        self._index = 0
+        if self._rate is not None:
+            self._reset_window(clock() // self._width)
+
+    def __repr__(self) -> str:
+        return f"<Breaker {self.name!r} {self.state}>"
+
+    @property
+    def state(self) -> str:
+        """``"closed"``, ``"open"`` or ``"half_open"``.
+
+        An open breaker whose open duration has passed reports ``"half_open"``: the next
+        `before()` lets a probe through.
+        """
+        state = self._state
+        if state == _CLOSED:
+            return "closed"
+        if state == _OPEN and self._clock() < self._opened_until:
+            return "open"
+        return "half_open"
+
+    def before(self) -> None:
+        """Ask to make one attempt; return to allow it, raise `CircuitOpenError` to refuse.
+
+        Closed: allow. Open: refuse, with `.retry_in` the seconds left, until the open
+        duration has passed; then become half-open. Half-open: allow at most
+        `half_open_probes` probes in this phase and refuse the rest (``retry_in=0.0``).
+        An allowed attempt must be followed by `success()`, `failure()` or `release()`.
+        """
+        if self._state == _CLOSED:  # an attribute read is atomic: no lock needed
+            return
+        with self._lock:
+            state = self._state
+            if state == _CLOSED:
+                return
+            if state == _OPEN:
+                retry_in = self._opened_until - self._clock()
+                if retry_in > 0:
+                    message = f"circuit breaker for {self._label} is open; retry in {retry_in:.3f}s"
+                    raise CircuitOpenError(message, retry_in=retry_in)
+                self._state = _HALF_OPEN
+                self._probes_started = 0
+                self._probes_ok = 0
+            if self._probes_started < self._probes:
+                self._probes_started += 1
+                return
+        raise CircuitOpenError(
+            f"circuit breaker for {self._label} is half-open and its probe calls are taken",
+            retry_in=0.0,
+        )
+
+    def success(self) -> None:
+        """Report that the allowed attempt succeeded.
+
+        Closed: resets the consecutive-failure count. Half-open: counts a successful
+        probe; once `half_open_probes` have succeeded, closes the breaker and forgets
+        its history, so the next trip lasts `open_duration` again.
+        """
+        if self._state == _CLOSED:
+            if self._rate is None:
+                self._consecutive = 0  # a single store: atomic, no lock needed
+                return
+            now = self._clock()
+            if now // self._width == self._epoch:
+                # The common case, without the lock: two threads succeeding at once may
+                # count one success instead of two (which errs towards opening, never
+                # towards staying closed); failures are always counted under the lock.
+                self._consecutive = 0
+                self._calls += 1
+                return
+        else:
+            now = self._clock()
+        lock = self._lock
+        lock.acquire()  # cheaper than `with` on this hot path; try/finally is free
+        try:
+            state = self._state
+            if state == _CLOSED:
+                self._consecutive = 0
+                epoch = now // self._width
+                if epoch > self._epoch:
+                    self._advance(epoch)
+                self._calls += 1
+            elif state == _HALF_OPEN and self._probes_ok < self._probes_started:
+                self._probes_ok += 1
+                if self._probes_ok >= self._probes:
+                    self._close(now)
+            # Open: an attempt allowed before the trip ended late; its outcome is moot.
+        finally:
+            lock.release()
+
+    def failure(self) -> None:
+        """Report that the allowed attempt failed.
+
+        Closed: counts it, and trips the breaker open when `failure_threshold` attempts
+        in a row failed or the window's failure rate reached `failure_rate` (once it
+        holds `minimum_calls` calls). Half-open: re-opens the breaker for a longer time.
+        """
+        now = self._clock()
+        lock = self._lock
+        lock.acquire()
+        try:
+            state = self._state
+            if state == _CLOSED:
+                consecutive = self._consecutive = self._consecutive + 1
+                if consecutive >= self._threshold:
+                    self._trip(now)
+                    return
+                rate = self._rate
+                if rate is not None:
+                    epoch = now // self._width
+                    if epoch > self._epoch:
+                        self._advance(epoch)
+                    self._calls += 1
+                    self._failures += 1
+                    calls = self._past_calls + self._calls
+                    failures = self._past_failures + self._failures
+                    if calls >= self._minimum_calls and failures / calls >= rate:
+                        self._trip(now)
+            elif state == _HALF_OPEN and self._probes_started > 0:
+                self._trip(now)
+        finally:
+            lock.release()
+
+    def release(self) -> None:
+        """Report that the allowed attempt was neither a success nor a failure.
+
+        For example it was cancelled or raised a `BaseException`. Half-open: gives the
+        probe slot back so another caller may probe. Closed: does nothing.
+        """
+        if self._state != _HALF_OPEN:  # an attribute read is atomic: no lock needed
+            return
+        with self._lock:
+            if self._state == _HALF_OPEN and self._probes_started > self._probes_ok:
+                self._probes_started -= 1
+
+    # Internals; called with the lock held.
+
+    def _advance(self, epoch: float) -> None:
+        """Move the window forward to end at bucket `epoch` (> the current one), dropping
+        the buckets that aged out. A clock that went back never moves it: calls are then
+        counted in the newest bucket."""
+        steps = epoch - self._epoch
+        if steps >= _BUCKETS:  # every bucket aged out
+            self._reset_window(epoch)
+            return
+        calls, failures = self._bucket_calls, self._bucket_failures
+        index = self._index
+        # The newest bucket becomes a past one...
+        calls[index], failures[index] = self._calls, self._failures
+        self._past_calls += self._calls
+        self._past_failures += self._failures
+        self._calls = self._failures = 0
+        # ...and each step forward drops the oldest one, whose slot the next step reuses.
+        for _ in range(int(steps)):
+            index = (index + 1) % _BUCKETS
+            self._past_calls -= calls[index]
+            self._past_failures -= failures[index]
+            calls[index] = failures[index] = 0
+        self._epoch = epoch
+        self._index = index
+
+    def _trip(self, now: float) -> None:
+        duration = self._next_duration
+        self._next_duration = min(duration * self._factor, self._max_duration)
+        self._opened_until = now + duration
+        self._state = _OPEN
+        self._consecutive = 0
+
+    def _close(self, now: float) -> None:
+        self._state = _CLOSED
+        self._consecutive = 0
+        self._next_duration = self._open_duration
+        self._probes_started = self._probes_ok = 0
+        if self._rate is not None:
+            self._reset_window(now // self._width)
+
+    def _reset_window(self, epoch: float) -> None:
+        """Empty the window, its newest bucket being number `epoch`."""
+        for index in range(_BUCKETS):
+            self._bucket_calls[index] = self._bucket_failures[index] = 0
+        self._past_calls = self._past_failures = 0
+        self._calls = self._failures = 0
+        self._epoch = epoch
+        self._index = int(epoch % _BUCKETS)
+
+
+class BreakerSet:
+    """One `Breaker` per key (for example per fallback value), created on first use.
+
+    Keys are only hashed and compared, never logged: a key may be a secret such as an
+    API key. Every breaker shares the set's options, name and clock; setting `clock`
+    (a test's fake clock) sets it on every breaker of the set, made or to be made.
+    """
+
+    __slots__ = ("_breakers", "_clock", "_lock", "name", "options")
+
+    def __init__(
+        self,
+        options: CircuitBreakerOptions,
+        name: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.options = options
+        self.name = name
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._breakers: dict[Hashable, Breaker] = {}
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The clock of every breaker in the set (`time.monotonic` unless replaced)."""
+        return self._clock
+
+    @clock.setter
+    def clock(self, clock: Callable[[], float]) -> None:
+        with self._lock:
+            self._clock = clock
+            for breaker in self._breakers.values():
+                breaker._clock = clock
+
+    def get(self, key: Hashable) -> Breaker:
+        """The breaker of `key`; equal keys get the same one. Thread-safe."""
+        breaker = self._breakers.get(key)  # fast path: a dict lookup is atomic
+        if breaker is None:
+            with self._lock:
+                breaker = self._breakers.get(key)
+                if breaker is None:
+                    breaker = Breaker(self.options, self.name, self._clock)
+                    self._breakers[key] = breaker
+        return breaker
+
+    def __len__(self) -> int:
+        """How many breakers have been created."""
+        return len(self._breakers)
