@@ -508,3 +508,43 @@ def test_progress_bar_shows_count_and_failures_when_forced(
 def test_progress_bar_stays_hidden_off_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
     opmap(mode="thread", workers=2, retries=0)(square)(range(10))
     assert capsys.readouterr().err == ""
+
+
+def test_process_mode_attempt_timeout_stops_the_work_for_real(tmp_path: Path) -> None:
+    marker = tmp_path / "finished"
+
+    @opmap(mode="process", workers=1, chunksize=1, timeout=0.2, retries=0, return_exceptions=True)
+    def item(x: int) -> int:
+        if x == 0:
+            time.sleep(0.5)
+            marker.write_text("the abandoned work went on")  # must never happen
+        else:
+            time.sleep(0.15)  # the worker lives on, busy, past the 0.5 s above
+        return x
+
+    begin = time.monotonic()
+    results = item(range(6))
+    assert time.monotonic() - begin >= 0.2 + 5 * 0.15
+    assert isinstance(results[0], TimeoutError)
+    assert "timed out after 0.2s" in str(results[0])
+    assert results[1:] == [1, 2, 3, 4, 5]
+    assert not marker.exists()
+
+
+def test_policies_apply_per_item_in_thread_mode() -> None:
+    lock = threading.Lock()
+    in_flight = [0]
+    peak = [0]
+
+    @opmap(mode="thread", workers=8, max_concurrency=2, retry_if_result=lambda r: r < 0)
+    def item(x: int) -> int:
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        time.sleep(0.01)
+        with lock:
+            in_flight[0] -= 1
+        return x
+
+    assert item(range(16)) == list(range(16))
+    assert peak[0] == 2  # the bulkhead holds across the map's 8 threads

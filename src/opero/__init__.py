@@ -7,13 +7,20 @@ items. Logging goes through loguru and is silent until ``logger.enable("opero")`
 
 from __future__ import annotations
 
+from opero.core.breaker import CircuitBreakerOptions
+from opero.core.budget import RetryBudget
 from opero.decorators.opero import opero
 from opero.decorators.opmap import opmap
 from opero.exceptions import (
     AllFailedError,
+    AttemptTimeoutError,
+    BulkheadFullError,
+    CircuitOpenError,
+    DeadlineExceededError,
     OperoError,
     OpmapError,
     RemoteError,
+    ResultRejectedError,
     RetryPredicateError,
     WorkerCrashedError,
 )
@@ -21,9 +28,16 @@ from opero.utils.logging import disable_if_loguru_loaded
 
 __all__ = [
     "AllFailedError",
+    "AttemptTimeoutError",
+    "BulkheadFullError",
+    "CircuitBreakerOptions",
+    "CircuitOpenError",
+    "DeadlineExceededError",
     "OperoError",
     "OpmapError",
     "RemoteError",
+    "ResultRejectedError",
+    "RetryBudget",
     "RetryPredicateError",
     "WorkerCrashedError",
     "__version__",

@@ -36,22 +36,27 @@ class AllFailedError(OperoError, ExceptionGroup[Exception]):
 
 
 class RetryPredicateError(OperoError):
-    """The `retry_on` predicate itself raised while judging `failure`.
+    """A predicate given to opero (`retry_on`, `retry_if_result`) itself raised.
 
     `__cause__` is the predicate's exception and `.failure` the exception it was asked
-    about, so neither is lost. Never retried, and never a reason to try the next
-    fallback value: it is a bug in the predicate, not a failure of the call.
+    about (None for `retry_if_result`, which judges a result), so neither is lost. Never
+    retried, and never a reason to try the next fallback value: it is a bug in the
+    predicate, not a failure of the call.
     """
 
-    def __init__(self, failure: BaseException, bug: BaseException) -> None:
-        super().__init__(
-            f"retry_on predicate raised {type(bug).__name__} while judging {type(failure).__name__}"
-        )
+    def __init__(
+        self, failure: BaseException | None, bug: BaseException, option: str = "retry_on"
+    ) -> None:
+        judged = "a result" if failure is None else type(failure).__name__
+        super().__init__(f"{option} predicate raised {type(bug).__name__} while judging {judged}")
         self.failure = failure
+        self.option = option
         self.__cause__ = bug
 
-    def __reduce__(self) -> tuple[type[RetryPredicateError], tuple[BaseException, BaseException]]:
-        return (type(self), (self.failure, self.__cause__ or self))
+    def __reduce__(
+        self,
+    ) -> tuple[type[RetryPredicateError], tuple[BaseException | None, BaseException, str]]:
+        return (type(self), (self.failure, self.__cause__ or self, self.option))
 
 
 class OpmapError(OperoError, ExceptionGroup[Exception]):
@@ -122,3 +127,49 @@ class RemoteError(OperoError):
         if self.traceback_text:
             text += f"\n\nRemote traceback:\n{self.traceback_text}"
         return text
+
+
+class CircuitOpenError(OperoError):
+    """The circuit breaker for this call (or this fallback value) is open: the function
+    was not called. Never retried; with `arg_fallback`, the next value is tried at once.
+
+    `.retry_in` is the number of seconds until the breaker lets a probe call through.
+    """
+
+    def __init__(self, message: str, retry_in: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_in = retry_in
+
+    def __reduce__(self) -> tuple[type[CircuitOpenError], tuple[str, float]]:
+        return (type(self), (str(self), self.retry_in))
+
+
+class BulkheadFullError(OperoError):
+    """`max_concurrency` calls were already in flight and no slot freed up within
+    `max_concurrency_wait` seconds: the function was not called."""
+
+
+class ResultRejectedError(OperoError):
+    """`retry_if_result` judged every result of the attempts bad.
+
+    `.result` is the last result. The message names only its type: results, like
+    arguments, may hold secrets.
+    """
+
+    def __init__(self, message: str, result: object = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+    def __reduce__(self) -> tuple[type[ResultRejectedError], tuple[str, object]]:
+        return (type(self), (str(self), self.result))
+
+
+class AttemptTimeoutError(OperoError, TimeoutError):
+    """One attempt ran past `timeout` (or past the call's `total_timeout` deadline) and was
+    cut off. A `TimeoutError`, so ``except TimeoutError`` catches it; retried like any
+    other exception that `retry_on` allows."""
+
+
+class DeadlineExceededError(OperoError, TimeoutError):
+    """The call's `total_timeout` passed: no new attempt or fallback value was started.
+    `__cause__` is the last failure before it, if any. Never retried."""

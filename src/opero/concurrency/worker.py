@@ -138,6 +138,10 @@ def init_process_worker(job: Job, slots: Any, capacity: int) -> None:
     """
     global _job, _slots, _slot_base  # noqa: PLW0603 - per-process worker state
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # This process is ours: a sync attempt timeout can interrupt the item for real.
+    from opero.core.timeout import use_alarm
+
+    use_alarm()
     import multiprocessing
 
     identity = multiprocessing.current_process()._identity

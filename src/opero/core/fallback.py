@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from opero.core.retry import RetryPolicy, retry_async, retry_sync
-from opero.exceptions import AllFailedError, RetryPredicateError
+from opero.exceptions import AllFailedError, DeadlineExceededError, RetryPredicateError
 from opero.utils.logging import log
 
 R = TypeVar("R")
@@ -72,6 +72,14 @@ class FallbackParameter:
             )
         return tuple(held)  # a snapshot: the caller's list may change during the call
 
+    def current(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The one value an attempt is made with (after `substitute`)."""
+        if 0 <= self.position < len(args):
+            return args[self.position]
+        if self.keyword and self.name in kwargs:
+            return kwargs[self.name]
+        return self.default
+
     def substitute(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], value: Any
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -106,6 +114,15 @@ def _log_switch(fallback: FallbackParameter, index: int, total: int, exc: Except
     )
 
 
+def _check_deadline(policy: RetryPolicy, errors: list[Exception]) -> None:
+    """No next value once the call's total_timeout has passed."""
+    if policy.total is None:
+        return
+    remaining = policy.total.remaining()
+    if remaining is not None and remaining <= 0:
+        raise policy.total.error(None) from errors[-1]
+
+
 def call_with_fallback_sync(
     fallback: FallbackParameter,
     policy: RetryPolicy,
@@ -124,12 +141,13 @@ def call_with_fallback_sync(
             except Exception as exc:
                 first = exc
             return retry_sync(policy, fallback.function_name, func, call_args, call_kwargs, first)
-        except RetryPredicateError:
-            raise  # a bug in retry_on says nothing about this value
+        except (RetryPredicateError, DeadlineExceededError):
+            raise  # a bug in a predicate, or the call's time is up: no next value
         except Exception as exc:
             errors.append(exc)
             if index + 1 < len(values):
                 _log_switch(fallback, index, len(values), exc)
+                _check_deadline(policy, errors)
     raise _all_failed(fallback, errors)
 
 
@@ -152,10 +170,11 @@ async def call_with_fallback_async(
                 first = exc
             name = fallback.function_name
             return await retry_async(policy, name, func, call_args, call_kwargs, first)
-        except RetryPredicateError:
-            raise
+        except (RetryPredicateError, DeadlineExceededError):
+            raise  # a bug in a predicate, or the call's time is up: no next value
         except Exception as exc:
             errors.append(exc)
             if index + 1 < len(values):
                 _log_switch(fallback, index, len(values), exc)
+                _check_deadline(policy, errors)
     raise _all_failed(fallback, errors)

@@ -10,6 +10,8 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypedDict
 
+from opero.core.breaker import CircuitBreakerOptions
+from opero.core.budget import RetryBudget
 from opero.core.cache import BUILTIN_CACHE_BACKENDS, CacheBackend
 
 RetryOn = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
@@ -36,6 +38,13 @@ class OperoKwargs(TypedDict, total=False):
     rate_limit: float | None
     rate_limit_backend: str
     rate_limit_key: str | None
+    timeout: float | None
+    total_timeout: float | None
+    circuit_breaker: bool | CircuitBreakerOptions | None
+    max_concurrency: int | None
+    max_concurrency_wait: float | None
+    retry_if_result: Callable[[Any], object] | None
+    retry_budget: float | RetryBudget | None
 
 
 class OperoOptions(NamedTuple):
@@ -57,6 +66,15 @@ class OperoOptions(NamedTuple):
     rate_limit: float | None = None
     rate_limit_backend: str = "local"
     rate_limit_key: str | None = None
+    timeout: float | None = None
+    total_timeout: float | None = None
+    # After build_options: a CircuitBreakerOptions, or None for no breaker.
+    circuit_breaker: bool | CircuitBreakerOptions | None = None
+    max_concurrency: int | None = None
+    max_concurrency_wait: float | None = None
+    retry_if_result: Callable[[Any], object] | None = None
+    # After build_options: a RetryBudget, or None for no budget.
+    retry_budget: float | RetryBudget | None = None
 
 
 def build_options(decorator: str, given: dict[str, Any]) -> OperoOptions:
@@ -85,12 +103,33 @@ def build_options(decorator: str, given: dict[str, Any]) -> OperoOptions:
         raise ValueError(
             f"{decorator}(): rate_limit_backend='redis' needs a rate_limit (attempts per second)"
         )
+    if options.max_concurrency_wait is not None and options.max_concurrency is None:
+        raise ValueError(
+            f"{decorator}(): max_concurrency_wait ({options.max_concurrency_wait!r}) needs "
+            "max_concurrency (the most calls in flight at once)"
+        )
     if options.max_delay < options.min_delay:
         raise ValueError(
             f"{decorator}(): max_delay ({options.max_delay!r}) must not be less than "
             f"min_delay ({options.min_delay!r}); max_delay defaults to 30.0, raise it too"
         )
-    return options
+    return _normalized(decorator, options)
+
+
+def _normalized(decorator: str, options: OperoOptions) -> OperoOptions:
+    """`circuit_breaker` and `retry_budget` in their one runtime form (or None)."""
+    breaker = options.circuit_breaker
+    if breaker is True:
+        breaker = CircuitBreakerOptions()
+    elif breaker is False:
+        breaker = None
+    budget = options.retry_budget
+    if budget is not None and not isinstance(budget, RetryBudget):
+        try:
+            budget = RetryBudget(ratio=float(budget))
+        except ValueError as exc:
+            raise ValueError(f"{decorator}(): retry_budget: {exc}") from None
+    return options._replace(circuit_breaker=breaker, retry_budget=budget)
 
 
 def _unknown_option_message(decorator: str, name: str) -> str:
@@ -236,6 +275,38 @@ def _rate_limit_backend(where: str, value: object) -> None:
         raise ValueError(f"{where} must be one of {choices}, got {value!r}")
 
 
+def _circuit_breaker(where: str, value: object) -> None:
+    if value is None or isinstance(value, bool | CircuitBreakerOptions):
+        return
+    raise TypeError(f"{where} must be True, False or a CircuitBreakerOptions(...), got {value!r}")
+
+
+def _retry_budget(where: str, value: object) -> None:
+    if value is None or isinstance(value, RetryBudget):
+        return
+    if not _is_number(value):
+        raise TypeError(
+            f"{where} must be a fraction of calls (e.g. 0.2), a RetryBudget(...) or None, "
+            f"got {value!r}"
+        )
+    _number(where, value, low=0, low_inclusive=False)
+
+
+def _int_at_least_or_none(low: int) -> Callable[[str, object], None]:
+    check_int = _int_at_least(low)
+
+    def check(where: str, value: object) -> None:
+        if value is not None:
+            check_int(where, value)
+
+    return check
+
+
+def _non_negative_or_none(where: str, value: object) -> None:
+    if value is not None:
+        _non_negative(where, value)
+
+
 _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "cache": _bool,
     "cache_ttl": _positive_or_none,
@@ -253,4 +324,11 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "rate_limit": _rate_limit,
     "rate_limit_backend": _rate_limit_backend,
     "rate_limit_key": _non_empty_str_or_none,
+    "timeout": _positive_or_none,
+    "total_timeout": _positive_or_none,
+    "circuit_breaker": _circuit_breaker,
+    "max_concurrency": _int_at_least_or_none(1),
+    "max_concurrency_wait": _non_negative_or_none,
+    "retry_if_result": _callable_or_none,
+    "retry_budget": _retry_budget,
 }

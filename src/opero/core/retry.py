@@ -13,11 +13,23 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from opero.core.options import OperoOptions
-from opero.exceptions import RetryPredicateError
+from opero.core.retry_after import server_delay
+from opero.exceptions import (
+    CircuitOpenError,
+    DeadlineExceededError,
+    ResultRejectedError,
+    RetryPredicateError,
+)
 from opero.utils.logging import log
 
 if TYPE_CHECKING:
     import tenacity
+
+    from opero.core.budget import BudgetTracker
+    from opero.core.timeout import TotalTimeout
+
+# Never retried whatever `retry_on` says: opero's own verdicts on this call.
+_NEVER_RETRIED = (CircuitOpenError, DeadlineExceededError, RetryPredicateError)
 
 R = TypeVar("R")
 
@@ -31,15 +43,24 @@ class RetryPolicy:
 
     __slots__ = (
         "backoff_factor",
+        "budget",
         "jitter",
         "max_delay",
         "min_delay",
         "predicate",
         "retries",
+        "total",
         "types",
     )
 
-    def __init__(self, options: OperoOptions) -> None:
+    def __init__(
+        self,
+        options: OperoOptions,
+        total: TotalTimeout | None = None,
+        budget: BudgetTracker | None = None,
+    ) -> None:
+        self.total = total
+        self.budget = budget
         self.retries = options.retries
         self.min_delay = float(options.min_delay)
         self.max_delay = float(options.max_delay)
@@ -80,8 +101,10 @@ class RetryPolicy:
 
     def allows_retry(self, exc: BaseException) -> bool:
         """Whether `exc` may be retried. BaseExceptions that are not Exceptions never are."""
-        if not isinstance(exc, Exception):
+        if not isinstance(exc, Exception) or isinstance(exc, _NEVER_RETRIED):
             return False
+        if isinstance(exc, ResultRejectedError):
+            return True  # retry_if_result asked for exactly this
         if self.types is not None:
             return isinstance(exc, self.types)
         assert self.predicate is not None
@@ -91,11 +114,39 @@ class RetryPolicy:
             raise RetryPredicateError(exc, bug) from bug
 
 
-def _retrying_options(policy: RetryPolicy, name: str) -> dict[str, Any]:
-    import tenacity
+class _Stop:
+    """Why tenacity stopped one call's retries, when it was not the attempt count."""
+
+    __slots__ = ("budget", "deadline")
+
+    def __init__(self) -> None:
+        self.deadline = False
+        self.budget = False
+
+
+def _retrying_options(policy: RetryPolicy, name: str, stopped: _Stop) -> dict[str, Any]:
 
     def wait(state: tenacity.RetryCallState) -> float:
+        outcome = state.outcome
+        exc = outcome.exception() if outcome is not None else None
+        asked = server_delay(exc) if exc is not None else None
+        if asked is not None:  # the server said how long (Retry-After): obey, up to max_delay
+            return min(policy.max_delay, asked)
         return policy.delay(state.attempt_number)
+
+    def stop(state: tenacity.RetryCallState) -> bool:
+        # tenacity computes the wait first, so the deadline check sees the coming sleep.
+        if state.attempt_number > policy.retries:
+            return True
+        if policy.total is not None:
+            remaining = policy.total.remaining()
+            if remaining is not None and state.upcoming_sleep >= remaining:
+                stopped.deadline = True
+                return True
+        if policy.budget is not None and not policy.budget.try_retry():
+            stopped.budget = True
+            return True
+        return False
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
         outcome = state.outcome
@@ -121,7 +172,7 @@ def _retrying_options(policy: RetryPolicy, name: str) -> dict[str, Any]:
         return exc is not None and policy.allows_retry(exc)
 
     return {
-        "stop": tenacity.stop_after_attempt(policy.retries + 1),
+        "stop": stop,
         "wait": wait,
         "retry": should_retry,
         "reraise": True,
@@ -129,14 +180,31 @@ def _retrying_options(policy: RetryPolicy, name: str) -> dict[str, Any]:
     }
 
 
-def _log_gave_up(name: str, exc: Exception, attempts: int, policy: RetryPolicy) -> None:
-    if attempts > policy.retries:
+def _gave_up(
+    name: str, exc: Exception, attempts: int, policy: RetryPolicy, stopped: _Stop
+) -> Exception:
+    """What to raise once the retries ended in `exc`, logged."""
+    if stopped.deadline:
+        assert policy.total is not None
+        log().warning("{}: total_timeout reached after {} attempts", name, attempts)
+        error: Exception = policy.total.error(attempts)
+        error.__cause__ = exc
+        return error
+    if stopped.budget:
+        log().warning(
+            "{}: retry budget spent; not retrying {} after {} attempts",
+            name,
+            type(exc).__name__,
+            attempts,
+        )
+    elif attempts > policy.retries:
         log().warning(
             "{}: gave up after {} attempts; last error {}",
             name,
             policy.retries + 1,
             type(exc).__name__,
         )
+    return exc
 
 
 def retry_sync(
@@ -153,7 +221,8 @@ def retry_sync(
         raise failure
     import tenacity
 
-    retrying = tenacity.Retrying(sleep=sync_sleep, **_retrying_options(policy, name))
+    stopped = _Stop()
+    retrying = tenacity.Retrying(sleep=sync_sleep, **_retrying_options(policy, name, stopped))
     attempts = 0
     try:
         for attempt in retrying:
@@ -163,8 +232,10 @@ def retry_sync(
                     raise failure
                 return func(*args, **kwargs)
     except Exception as exc:
-        _log_gave_up(name, exc, attempts, policy)
-        raise
+        error = _gave_up(name, exc, attempts, policy, stopped)
+        if error is exc:
+            raise
+        raise error from exc
     raise AssertionError("unreachable: tenacity stops by returning or raising")
 
 
@@ -184,8 +255,9 @@ async def retry_async(
 
     import tenacity
 
+    stopped = _Stop()
     retrying = tenacity.AsyncRetrying(
-        sleep=async_sleep or asyncio.sleep, **_retrying_options(policy, name)
+        sleep=async_sleep or asyncio.sleep, **_retrying_options(policy, name, stopped)
     )
     attempts = 0
     try:
@@ -196,6 +268,8 @@ async def retry_async(
                     raise failure
                 return await func(*args, **kwargs)
     except Exception as exc:
-        _log_gave_up(name, exc, attempts, policy)
-        raise
+        error = _gave_up(name, exc, attempts, policy, stopped)
+        if error is exc:
+            raise
+        raise error from exc
     raise AssertionError("unreachable: tenacity stops by returning or raising")

@@ -1,7 +1,9 @@
 """`@opero`: validate the options once, build the call pipeline, wrap the function.
 
-The pipeline of one call, outermost first: cache -> fallback -> retry -> rate limit -> the
-function. This module only composes; each step's decisions live in `opero.core`.
+The pipeline of one call, outermost first: cache -> (retry budget deposit) -> total
+timeout deadline -> fallback -> retry -> circuit breaker -> bulkhead -> rate limit ->
+retry_if_result check -> attempt timeout -> the function. Each step exists only when its
+option asks for it. This module only composes; each step's decisions live in `opero.core`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,10 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar, Unpack, cast, overload
 
+from opero.core.attempt_steps import BreakerStep, ResultCheck
+from opero.core.breaker import BreakerSet, CircuitBreakerOptions
+from opero.core.budget import BudgetTracker, RetryBudget
+from opero.core.bulkhead import Bulkhead
 from opero.core.cache import CacheInfo, build_cache_step
 from opero.core.fallback import (
     FallbackParameter,
@@ -20,6 +26,7 @@ from opero.core.fallback import (
 from opero.core.options import OperoKwargs, OperoOptions, build_options
 from opero.core.rate_limit import build_rate_limit_step
 from opero.core.retry import RetryPolicy, retry_async, retry_sync
+from opero.core.timeout import AttemptTimeout, TotalTimeout
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -59,25 +66,82 @@ def decorate(func: Callable[P, R], options: OperoOptions) -> Callable[P, R]:
     if not callable(func):
         raise TypeError(f"opero() decorates a function, got {func!r}")
     name = _display_name(func)
-    policy = RetryPolicy(options)
-    fallback = FallbackParameter(func, options.arg_fallback, name) if options.arg_fallback else None
     is_async = _is_async(func)
-    attempt: Callable[..., Any] = func
-    rate_limit = None
-    if options.rate_limit is not None:
-        # The innermost step: every real attempt (retries, fallback values) takes a token.
-        rate_limit = build_rate_limit_step(func, options)
-        attempt = rate_limit.wrap_async(func) if is_async else rate_limit.wrap_sync(func)
+    total = TotalTimeout(options.total_timeout, name) if options.total_timeout else None
+    # build_options turned every budget into a RetryBudget.
+    budget = (
+        BudgetTracker(cast(RetryBudget, options.retry_budget)) if options.retry_budget else None
+    )
+    policy = RetryPolicy(options, total, budget)
+    fallback = FallbackParameter(func, options.arg_fallback, name) if options.arg_fallback else None
+    attempt, extras = _attempt_steps(func, options, name, fallback, total)
     wrapper = _retrying(attempt, policy, fallback, name, is_async=is_async)
+    if total is not None:
+        # The deadline is set as the call enters, before the first fallback value.
+        wrapper = total.wrap_async(wrapper) if is_async else total.wrap_sync(wrapper)
+    if budget is not None:
+        wrapper = _counting_calls(wrapper, budget, is_async=is_async)
     step = build_cache_step(func, options) if options.cache else None
     if step is not None:
         # The outermost step: a hit returns before fallback, retry or rate limit.
         wrapper = step.wrap_async(wrapper) if is_async else step.wrap_sync(wrapper)
     functools.update_wrapper(wrapper, func)
-    wrapper.__opero_rate_limit__ = rate_limit  # type: ignore[attr-defined]
+    wrapper.__opero_rate_limit__ = extras.get("rate_limit")  # type: ignore[attr-defined]
+    wrapper.__opero_breakers__ = extras.get("breakers")  # type: ignore[attr-defined]
     wrapper.cache_clear = step.clear if step else _no_cache_clear  # type: ignore[attr-defined]
     wrapper.cache_info = step.info if step else _no_cache_info  # type: ignore[attr-defined]
     return cast(Callable[P, R], wrapper)
+
+
+def _attempt_steps(
+    func: Callable[..., Any],
+    options: OperoOptions,
+    name: str,
+    fallback: FallbackParameter | None,
+    total: TotalTimeout | None,
+) -> tuple[Callable[..., Any], dict[str, Any]]:
+    """One attempt, innermost step first: attempt timeout, retry_if_result check, rate
+    limit, bulkhead, circuit breaker. Returns it with the steps tests may look at."""
+    is_async = _is_async(func)
+    attempt: Callable[..., Any] = func
+    extras: dict[str, Any] = {}
+    steps: list[Any] = []
+    if options.timeout is not None or total is not None:
+        steps.append(AttemptTimeout(options.timeout, total, name))
+    if options.retry_if_result is not None:
+        steps.append(ResultCheck(options.retry_if_result, name))
+    if options.rate_limit is not None:
+        # Every real attempt (retries, fallback values) takes a token.
+        extras["rate_limit"] = build_rate_limit_step(func, options)
+        steps.append(extras["rate_limit"])
+    if options.max_concurrency is not None:
+        steps.append(Bulkhead(options.max_concurrency, options.max_concurrency_wait, name))
+    if isinstance(options.circuit_breaker, CircuitBreakerOptions):
+        extras["breakers"] = BreakerSet(options.circuit_breaker, name)
+        steps.append(BreakerStep(extras["breakers"], fallback))
+    for step in steps:
+        attempt = step.wrap_async(attempt) if is_async else step.wrap_sync(attempt)
+    return attempt, extras
+
+
+def _counting_calls(
+    func: Callable[..., Any], budget: BudgetTracker, *, is_async: bool
+) -> Callable[..., Any]:
+    """Each call adds to the retry budget before its first attempt."""
+    record = budget.record_call
+    if is_async:
+
+        async def async_call(*args: Any, **kwargs: Any) -> Any:
+            record()
+            return await func(*args, **kwargs)
+
+        return async_call
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        record()
+        return func(*args, **kwargs)
+
+    return call
 
 
 def _retrying(

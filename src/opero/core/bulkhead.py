@@ -1,0 +1,203 @@
+"""Bulkhead: at most `max_concurrency` attempts of one function in flight at once.
+
+A caller that finds every slot taken waits for one, at most `max_concurrency_wait`
+seconds if that is set (0 means: do not wait), and then gets `BulkheadFullError`.
+
+One `Slots` semaphore serves both. Its free slots are tokens in a deque, so the
+uncontended path is two atomic deque operations and no lock (several times cheaper than
+`threading.Semaphore`); threads wait on a lock of their own and tasks on a future of
+their own loop, so one limit holds across threads, tasks and event loops (an
+`asyncio.Semaphore` belongs to one loop). A slot freed as a waiter gives up is passed on,
+never lost.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from opero.exceptions import BulkheadFullError
+
+if TYPE_CHECKING:
+    import asyncio
+
+
+class _Waiter:
+    __slots__ = ("future", "gone", "granted", "lock", "loop")
+
+    def __init__(self) -> None:
+        self.granted = False  # a releasing caller handed its slot to this waiter
+        self.gone = False  # the waiter stopped waiting (timeout, cancellation)
+        self.lock: threading.Lock | None = None  # a thread waits on it, held
+        self.loop: asyncio.AbstractEventLoop | None = None  # or a task on this loop's
+        self.future: asyncio.Future[None] | None = None  # future
+
+    def wake(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+        else:
+            assert self.loop is not None
+            assert self.future is not None
+            self.loop.call_soon_threadsafe(_wake, self.future)
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class Slots:
+    """A counting semaphore for threads and for tasks on any event loop.
+
+    Free slots are tokens in a deque: taking one is `deque.pop()` and giving it back
+    `deque.append()`, each atomic in CPython, so the uncontended path takes no lock. Only
+    a caller that finds no token takes the lock, to queue itself; a releasing caller that
+    sees a queue hands a token to its first waiter under the lock. A waiter queues itself
+    only after a last look for a token under the lock, and a releaser looks for waiters
+    only after putting its token back, so a token never sits idle while someone waits.
+    Waiters are served in order; a caller arriving meanwhile may take a freed token first.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._tokens = deque([None] * limit)
+        self._lock = threading.Lock()
+        self._waiters: deque[_Waiter] = deque()
+
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free."""
+        try:
+            self._tokens.pop()
+        except IndexError:
+            return False
+        return True
+
+    def _queue(self, waiter: _Waiter) -> bool:
+        """Queue `waiter`, or take a slot at once (True) if one is free by now."""
+        with self._lock:
+            if self._tokens:
+                self._tokens.pop()
+                return True
+            self._waiters.append(waiter)
+        return False
+
+    def _give_up(self, waiter: _Waiter) -> bool:
+        """The waiter stops waiting; True if a slot had been handed to it meanwhile."""
+        with self._lock:
+            waiter.gone = True
+            return waiter.granted
+
+    def acquire_sync(self, wait: float | None) -> bool:
+        """Take a slot, waiting at most `wait` seconds (None: as long as it takes)."""
+        if self.try_acquire():
+            return True
+        if wait is not None and wait <= 0:
+            return False
+        waiter = _Waiter()
+        waiter.lock = threading.Lock()
+        waiter.lock.acquire()
+        if self._queue(waiter):
+            return True
+        if waiter.lock.acquire(timeout=-1 if wait is None else wait):
+            return True
+        return self._give_up(waiter)  # granted just as the wait ended: keep it
+
+    async def acquire_async(self, wait: float | None) -> bool:
+        """The same for a task: waits on a future of its own loop."""
+        import asyncio
+
+        if self.try_acquire():
+            return True
+        if wait is not None and wait <= 0:
+            return False
+        waiter = _Waiter()
+        waiter.loop = asyncio.get_running_loop()
+        waiter.future = waiter.loop.create_future()
+        if self._queue(waiter):
+            return True
+        try:
+            async with asyncio.timeout(wait):
+                await waiter.future
+        except TimeoutError:
+            if self._give_up(waiter):
+                self.release()  # pass on the slot that came as we stopped waiting
+            return False
+        except BaseException:  # cancelled
+            if self._give_up(waiter):
+                self.release()
+            raise
+        return True
+
+    def release(self) -> None:
+        """Give a slot back; hand one to the first waiter still waiting, if any."""
+        self._tokens.append(None)
+        if self._waiters:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        with self._lock:
+            while self._waiters and self._tokens:
+                waiter = self._waiters.popleft()
+                if waiter.gone:
+                    continue
+                try:
+                    waiter.wake()
+                except RuntimeError:  # its event loop is closed: the waiter is gone
+                    waiter.gone = True
+                    continue
+                self._tokens.pop()
+                waiter.granted = True
+
+
+class Bulkhead:
+    """The `max_concurrency` step of one decorated function."""
+
+    def __init__(self, limit: int, wait: float | None, name: str) -> None:
+        self.limit = limit
+        self.wait = wait
+        self.name = name
+
+    def full(self) -> BulkheadFullError:
+        waited = "" if not self.wait else f" after waiting {self.wait:g}s"
+        return BulkheadFullError(
+            f"{self.name}(): max_concurrency={self.limit} calls already in flight{waited}"
+        )
+
+    def wrap_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        slots = Slots(self.limit)
+        try_acquire, acquire, release, wait = (
+            slots.try_acquire,
+            slots.acquire_sync,
+            slots.release,
+            self.wait,
+        )
+
+        def attempt(*args: Any, **kwargs: Any) -> Any:
+            if not try_acquire() and not acquire(wait):
+                raise self.full()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                release()
+
+        return attempt
+
+    def wrap_async(self, func: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+        slots = Slots(self.limit)
+        try_acquire, acquire, release, wait = (
+            slots.try_acquire,
+            slots.acquire_async,
+            slots.release,
+            self.wait,
+        )
+
+        async def attempt(*args: Any, **kwargs: Any) -> Any:
+            if not try_acquire() and not await acquire(wait):
+                raise self.full()
+            try:
+                return await func(*args, **kwargs)
+            finally:
+                release()
+
+        return attempt

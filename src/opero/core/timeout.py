@@ -1,0 +1,377 @@
+"""Timeouts: `timeout=` per attempt and `total_timeout=` for the whole call.
+
+`total_timeout` sets a deadline when the call starts (one `ContextVar` per decorated
+function, so nested opero functions keep their own). The fallback and retry steps start no
+new attempt, and sleep no delay, that would end past it; each attempt is cut off at it.
+
+How an attempt is cut off:
+
+- **async**: the attempt's task is cancelled for real at the limit, as `asyncio.timeout`
+  would (one timer per event loop instead of one per attempt, see `_Watch`), and
+  `AttemptTimeoutError` is raised in its place.
+- **sync**: Python cannot stop a thread. The attempt runs on a helper thread while the
+  caller waits at most the limit; at the limit the caller gets `AttemptTimeoutError` and
+  goes on (retry, fallback), and the abandoned attempt keeps running on its thread until
+  it returns by itself; its result or exception is then dropped (a DEBUG log line says so).
+  Helper threads are daemons and reused. Under `@opmap(mode="process")`, a worker process
+  owns its main thread, so there the attempt runs on it and a `SIGALRM` timer raises the
+  timeout inside the running code: the work really stops (see `use_alarm`).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import math
+import queue
+import signal
+import threading
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from opero.exceptions import AttemptTimeoutError, DeadlineExceededError
+from opero.utils.logging import log
+
+if TYPE_CHECKING:
+    import asyncio
+
+
+class TotalTimeout:
+    """The deadline of one call of one decorated function."""
+
+    __slots__ = ("name", "seconds", "var")
+
+    def __init__(self, seconds: float, name: str) -> None:
+        self.seconds = seconds
+        self.name = name
+        self.var: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+            f"opero_deadline_{name}", default=None
+        )
+
+    def remaining(self) -> float | None:
+        """Seconds left before this call's deadline, or None outside a call."""
+        deadline = self.var.get()
+        return None if deadline is None else deadline - time.monotonic()
+
+    def error(self, attempts: int | None) -> DeadlineExceededError:
+        message = f"{self.name}(): total_timeout of {self.seconds:g}s reached"
+        if attempts is not None:
+            message += f" after {attempts} attempt" + ("" if attempts == 1 else "s")
+        return DeadlineExceededError(message)
+
+    def wrap_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        var, seconds, monotonic = self.var, self.seconds, time.monotonic
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            token = var.set(monotonic() + seconds)
+            try:
+                return func(*args, **kwargs)
+            finally:
+                var.reset(token)
+
+        return call
+
+    def wrap_async(self, func: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+        var, seconds, monotonic = self.var, self.seconds, time.monotonic
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            token = var.set(monotonic() + seconds)
+            try:
+                return await func(*args, **kwargs)
+            finally:
+                var.reset(token)
+
+        return call
+
+
+class AttemptTimeout:
+    """Cuts one attempt off at `timeout` seconds, or earlier at the call's deadline."""
+
+    __slots__ = ("name", "seconds", "total")
+
+    def __init__(self, seconds: float | None, total: TotalTimeout | None, name: str) -> None:
+        self.seconds = seconds
+        self.total = total
+        self.name = name
+
+    def limit(self) -> float | None:
+        """Seconds this attempt may take, or None for no limit."""
+        limit = self.seconds
+        if self.total is not None:
+            remaining = self.total.remaining()
+            if remaining is not None and (limit is None or remaining < limit):
+                limit = remaining
+        return limit
+
+    def error(self, limit: float) -> AttemptTimeoutError:
+        return AttemptTimeoutError(f"{self.name}(): attempt timed out after {max(limit, 0):.3g}s")
+
+    def wrap_async(self, func: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+        import asyncio
+
+        current_task, running_loop = asyncio.current_task, asyncio.get_running_loop
+        seconds, total, limit_now = self.seconds, self.total, self.limit
+        last: list[Any] = [None, None]  # the last loop seen and its watch
+
+        async def attempt(*args: Any, **kwargs: Any) -> Any:
+            limit = seconds if total is None else limit_now()
+            if limit is None:
+                return await func(*args, **kwargs)
+            if limit <= 0:
+                raise self.error(limit)
+            loop = running_loop()
+            if loop is last[0]:
+                watch = last[1]
+            else:
+                watch = _watch_of(loop)
+                last[0], last[1] = loop, watch
+            task = current_task(loop)
+            entry: list[Any] = [loop.time() + limit, task, False, 0]
+            watch.add(entry)
+            try:
+                return await func(*args, **kwargs)
+            except asyncio.CancelledError:
+                if entry[_EXPIRED]:
+                    # As asyncio.timeout does: the cancellation is ours to turn into a
+                    # timeout unless someone else asked for one too.
+                    entry[_EXPIRED] = False
+                    assert task is not None
+                    if task.uncancel() <= entry[_CANCELLING]:
+                        raise self.error(limit) from None
+                raise
+            finally:
+                if entry[_EXPIRED]:  # it expired but ended otherwise: withdraw our cancel
+                    assert task is not None
+                    task.uncancel()
+                else:
+                    watch.entries.pop(id(entry), None)
+
+        return attempt
+
+    def wrap_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        def attempt(*args: Any, **kwargs: Any) -> Any:
+            limit = self.limit()
+            if limit is None:
+                return func(*args, **kwargs)
+            if limit <= 0:
+                raise self.error(limit)
+            if _alarm.usable():
+                return _alarm.run(self, limit, func, args, kwargs)
+            return _runner.run(self, limit, func, args, kwargs)
+
+        return attempt
+
+
+# --- async attempts: one deadline watch per event loop ---------------------------------
+#
+# `asyncio.timeout` schedules and cancels a timer handle per use (about 9 us here, and
+# cancelled handles pile up in the loop's heap). An attempt timeout only needs one timer
+# per loop, set for the earliest deadline in flight: attempts of one function start in
+# deadline order, so registering one is a set insert. The check cancels expired tasks
+# like asyncio.timeout does and re-arms itself for the next deadline.
+
+
+# An entry is a list (cheaper to make than an object): deadline, task, expired, and the
+# task's cancel requests before ours (set as we cancel it).
+_DEADLINE, _TASK, _EXPIRED, _CANCELLING = range(4)
+
+
+class _Watch:
+    __slots__ = ("__weakref__", "entries", "handle", "loop", "when")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.entries: dict[int, list[Any]] = {}
+        self.handle: asyncio.TimerHandle | None = None
+        self.when = math.inf
+
+    def add(self, entry: list[Any]) -> None:
+        self.entries[id(entry)] = entry
+        if entry[_DEADLINE] < self.when:
+            if self.handle is not None:
+                self.handle.cancel()
+            self.when = entry[_DEADLINE]
+            self.handle = self.loop.call_at(self.when, self.check)
+
+    def check(self) -> None:
+        self.handle = None
+        now = self.loop.time()
+        following = math.inf
+        for key, entry in list(self.entries.items()):
+            deadline = entry[_DEADLINE]
+            if deadline <= now:
+                del self.entries[key]
+                task = entry[_TASK]
+                entry[_EXPIRED] = True
+                entry[_CANCELLING] = task.cancelling()
+                task.cancel()
+            elif deadline < following:
+                following = deadline
+        self.when = following
+        if following < math.inf:
+            self.handle = self.loop.call_at(following, self.check)
+
+
+_watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Watch] = weakref.WeakKeyDictionary()
+
+
+def _watch_of(loop: asyncio.AbstractEventLoop) -> _Watch:
+    watch = _watches.get(loop)
+    if watch is None:
+        watch = _watches[loop] = _Watch(loop)
+    return watch
+
+
+# --- sync attempts on reused daemon threads ---------------------------------------------
+
+
+class _Job:
+    __slots__ = ("args", "context", "done", "error", "func", "kwargs", "name", "result")
+
+    def __init__(self, func: Callable[..., Any], args: Any, kwargs: Any, name: str) -> None:
+        self.func = func
+        self.args = args
+        self.kwargs = kwargs
+        self.name = name
+        self.context = contextvars.copy_context()  # so context (and deadlines) flow in
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class _ThreadRunner:
+    """Daemon threads that run sync attempts so that the caller can stop waiting."""
+
+    MAX_IDLE = 16
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: list[queue.SimpleQueue[_Job]] = []
+        self.abandoned = 0  # attempts given up on that are still running
+
+    def run(
+        self,
+        step: AttemptTimeout,
+        limit: float,
+        func: Callable[..., Any],
+        args: Any,
+        kwargs: Any,
+    ) -> Any:
+        job = _Job(func, args, kwargs, step.name)
+        with self._lock:
+            inbox = self._idle.pop() if self._idle else None
+        if inbox is None:
+            inbox = queue.SimpleQueue()
+            threading.Thread(
+                target=self._serve, args=(inbox,), name="opero-attempt", daemon=True
+            ).start()
+        inbox.put(job)
+        if not job.done.wait(limit):
+            with self._lock:
+                if not job.done.is_set():
+                    job.func = _ABANDONED  # tells the thread nobody waits any more
+                    self.abandoned += 1
+                    raise step.error(limit)
+        error = job.error
+        if error is not None:
+            job.error = None  # no cycle through the traceback
+            raise error
+        return job.result
+
+    def _serve(self, inbox: queue.SimpleQueue[_Job]) -> None:
+        while True:
+            job = inbox.get()
+            func = job.func
+            try:
+                job.result = job.context.run(func, *job.args, **job.kwargs)
+            except BaseException as exc:  # handed to the caller, who re-raises it
+                job.error = exc
+            with self._lock:
+                job.done.set()
+                abandoned = job.func is _ABANDONED
+                if abandoned:
+                    self.abandoned -= 1
+                keep = len(self._idle) < self.MAX_IDLE
+                if keep:
+                    self._idle.append(inbox)
+            if abandoned:  # nobody reads the outcome: drop it here
+                outcome = "failed with " + type(job.error).__name__ if job.error else "returned"
+                log().debug("{}: an attempt abandoned at its timeout {} later", job.name, outcome)
+                job.result = job.error = None
+            del job  # the caller holds the outcome; the thread must not keep it alive
+            if not keep:
+                return
+
+
+def _ABANDONED(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("never called")
+
+
+_runner = _ThreadRunner()
+
+
+# --- sync attempts in @opmap worker processes: SIGALRM ----------------------------------
+
+
+class _AlarmFired(BaseException):
+    """Raised by the SIGALRM handler inside the running attempt. A BaseException, so an
+    ``except Exception`` in user code does not swallow it."""
+
+
+class _Alarm:
+    """Timeouts by `signal.setitimer` in a process opero owns (an @opmap worker)."""
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self.armed = False
+
+    def enable(self) -> None:
+        """Called once in each @opmap worker process, from its main thread."""
+        signal.signal(signal.SIGALRM, self._fire)
+        self.enabled = True
+
+    def usable(self) -> bool:
+        # Not nested (one timer per process) and only on the main thread, where the
+        # signal handler runs.
+        return (
+            self.enabled
+            and not self.armed
+            and threading.current_thread() is threading.main_thread()
+        )
+
+    def _fire(self, signum: int, frame: object) -> None:
+        if self.armed:
+            self.armed = False
+            raise _AlarmFired
+
+    def run(
+        self,
+        step: AttemptTimeout,
+        limit: float,
+        func: Callable[..., Any],
+        args: Any,
+        kwargs: Any,
+    ) -> Any:
+        self.armed = True
+        signal.setitimer(signal.ITIMER_REAL, limit)
+        try:
+            return func(*args, **kwargs)
+        except _AlarmFired:
+            raise step.error(limit) from None
+        finally:
+            self.armed = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+_alarm = _Alarm()
+
+
+def use_alarm() -> None:
+    """Make sync attempt timeouts in this process use SIGALRM (in @opmap workers only)."""
+    _alarm.enable()
+
+
+def abandoned_attempts() -> int:
+    """How many sync attempts were given up at their timeout and are still running."""
+    return _runner.abandoned
