@@ -1,14 +1,21 @@
-"""Two steps around each attempt: the circuit breaker, and the `retry_if_result` check.
+"""The guard around each attempt: circuit breaker, bulkhead and `retry_if_result`.
 
-The breaker step asks the breaker before the attempt and tells it the outcome after,
-holding no lock during the call. With `arg_fallback`, each fallback value has its own
-breaker, found from the value the attempt is made with; an open one raises
-`CircuitOpenError`, which is never retried, so the fallback step moves to the next value
-without calling the function.
+In the pipeline's order they are three steps (breaker, then bulkhead, then the rate limit,
+then the result check); they run here in one frame, because each step is a function call
+and, for async functions, a coroutine, and on the success path that is most of their
+cost. The rate limit is inside the guard, so the order is kept: the result check acts
+only after the call returned, when the rate limit has nothing left to do.
 
-The result check turns a result the predicate rejects into `ResultRejectedError`, an
-exception like any other to the breaker (it counts as a failure) and to the retry step
-(which always retries it).
+- **Breaker**: asked before the attempt, told the outcome after, never holding a lock
+  during the call. With `arg_fallback`, each fallback value has its own breaker, found
+  from the value the attempt is made with; an open one raises `CircuitOpenError`, which
+  is never retried, so the fallback step moves to the next value without a call.
+  Failures are exceptions of the attempt (a rejected result too) except opero's own
+  load shedding and predicate bugs; a cancelled attempt counts as neither.
+- **Bulkhead**: a slot is taken before the attempt and given back after it, whatever
+  its outcome; no slot within `max_concurrency_wait` is `BulkheadFullError`.
+- **Result check**: a result `retry_if_result` accepts becomes `ResultRejectedError`, an
+  exception like any other to the breaker and to the retry step (which always retries it).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from opero.exceptions import BulkheadFullError, ResultRejectedError, RetryPredic
 
 if TYPE_CHECKING:
     from opero.core.breaker import Breaker, BreakerSet
+    from opero.core.bulkhead import Bulkhead
     from opero.core.fallback import FallbackParameter
 
 
@@ -27,70 +35,13 @@ if TYPE_CHECKING:
 _NOT_THE_SERVICE = (BulkheadFullError, RetryPredicateError)
 
 
-class BreakerStep:
-    """One breaker per function, or one per fallback value."""
-
-    def __init__(self, breakers: BreakerSet, fallback: FallbackParameter | None) -> None:
-        self.breakers = breakers
-        self.fallback = fallback
-
-    def breaker(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Breaker:
-        """The breaker of the fallback value this attempt is made with."""
-        assert self.fallback is not None
-        value = self.fallback.current(args, kwargs)
-        key: Hashable
-        try:
-            hash(value)
-            key = (type(value), value)
-        except TypeError:  # an unhashable value: its text stands for it (never logged)
-            key = (type(value), repr(value))
-        return self.breakers.get(key)
-
-    def wrap_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
-        single = self.breakers.get(None) if self.fallback is None else None
-        find = self.breaker
-
-        def attempt(*args: Any, **kwargs: Any) -> Any:
-            breaker = single or find(args, kwargs)
-            breaker.before()
-            try:
-                result = func(*args, **kwargs)
-            except _NOT_THE_SERVICE:
-                breaker.release()
-                raise
-            except Exception:
-                breaker.failure()
-                raise
-            except BaseException:
-                breaker.release()
-                raise
-            breaker.success()
-            return result
-
-        return attempt
-
-    def wrap_async(self, func: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
-        single = self.breakers.get(None) if self.fallback is None else None
-        find = self.breaker
-
-        async def attempt(*args: Any, **kwargs: Any) -> Any:
-            breaker = single or find(args, kwargs)
-            breaker.before()
-            try:
-                result = await func(*args, **kwargs)
-            except _NOT_THE_SERVICE:
-                breaker.release()
-                raise
-            except Exception:
-                breaker.failure()
-                raise
-            except BaseException:  # cancellation is not the service's failure
-                breaker.release()
-                raise
-            breaker.success()
-            return result
-
-        return attempt
+def _report(breaker: Breaker, exc: BaseException) -> None:
+    """Tell the breaker how the attempt failed: a failure of the service, or neither
+    (a cancellation, a BaseException, opero's own load shedding or a predicate bug)."""
+    if isinstance(exc, Exception) and not isinstance(exc, _NOT_THE_SERVICE):
+        breaker.failure()
+    else:
+        breaker.release()
 
 
 class ResultCheck:
@@ -112,18 +63,110 @@ class ResultCheck:
             )
         return result
 
+
+class Guard:
+    """Whichever of breaker, bulkhead and result check are configured, in one step."""
+
+    def __init__(
+        self,
+        breakers: BreakerSet | None,
+        fallback: FallbackParameter | None,
+        bulkhead: Bulkhead | None,
+        check: ResultCheck | None,
+    ) -> None:
+        self.breakers = breakers
+        self.fallback = fallback
+        self.bulkhead = bulkhead
+        self.check = check
+
+    def breaker_for(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Breaker:
+        """The breaker of the fallback value this attempt is made with."""
+        assert self.breakers is not None
+        assert self.fallback is not None
+        value = self.fallback.current(args, kwargs)
+        key: Hashable
+        try:
+            hash(value)
+            key = (type(value), value)
+        except TypeError:  # an unhashable value: its text stands for it (never logged)
+            key = (type(value), repr(value))
+        return self.breakers.get(key)
+
+    def wait_for_slot(self, breaker: Breaker | None) -> None:
+        """No free slot: wait for one as the bulkhead allows, or raise BulkheadFullError."""
+        assert self.bulkhead is not None
+        if not self.bulkhead.slots.acquire_sync(self.bulkhead.wait):
+            if breaker is not None:
+                breaker.release()
+            raise self.bulkhead.full()
+
+    async def wait_for_slot_async(self, breaker: Breaker | None) -> None:
+        """The same for a task."""
+        assert self.bulkhead is not None
+        if not await self.bulkhead.slots.acquire_async(self.bulkhead.wait):
+            if breaker is not None:
+                breaker.release()
+            raise self.bulkhead.full()
+
+    def _parts(self) -> tuple[Any, ...]:
+        breakers, bulkhead = self.breakers, self.bulkhead
+        single = breakers.get(None) if breakers is not None and self.fallback is None else None
+        slots = bulkhead.slots if bulkhead is not None else None
+        judge = self.check.judge if self.check is not None else None
+        return breakers is not None, single, slots, judge
+
     def wrap_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
-        judge = self.judge
+        guarded, single, slots, judge = self._parts()
+        find, wait_for_slot = self.breaker_for, self.wait_for_slot
 
         def attempt(*args: Any, **kwargs: Any) -> Any:
-            return judge(func(*args, **kwargs))
+            breaker = None
+            if guarded:
+                breaker = single or find(args, kwargs)
+                breaker.before()
+            if slots is not None and not slots.try_acquire():
+                wait_for_slot(breaker)
+            try:
+                result = func(*args, **kwargs)
+                if judge is not None:
+                    result = judge(result)
+            except BaseException as exc:
+                if breaker is not None:
+                    _report(breaker, exc)
+                raise
+            finally:
+                if slots is not None:
+                    slots.release()
+            if breaker is not None:
+                breaker.success()
+            return result
 
         return attempt
 
     def wrap_async(self, func: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
-        judge = self.judge
+        guarded, single, slots, judge = self._parts()
+        find, wait_for_slot = self.breaker_for, self.wait_for_slot_async
 
         async def attempt(*args: Any, **kwargs: Any) -> Any:
-            return judge(await func(*args, **kwargs))
+            breaker = None
+            if guarded:
+                breaker = single or find(args, kwargs)
+                breaker.before()
+            if slots is not None and not slots.try_acquire():
+                await wait_for_slot(breaker)
+            try:
+                result = await func(*args, **kwargs)
+                if judge is not None:
+                    result = judge(result)
+            except BaseException as exc:
+                if breaker is not None:
+                    _report(breaker, exc)
+                raise
+            finally:
+                if slots is not None:
+                    slots.release()
+            if breaker is not None:
+                breaker.success()
+            return result
 
         return attempt

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from opero.exceptions import BulkheadFullError
 
@@ -151,53 +150,16 @@ class Slots:
 
 
 class Bulkhead:
-    """The `max_concurrency` step of one decorated function."""
+    """The `max_concurrency` setting of one decorated function and its slots."""
 
     def __init__(self, limit: int, wait: float | None, name: str) -> None:
         self.limit = limit
         self.wait = wait
         self.name = name
+        self.slots = Slots(limit)
 
     def full(self) -> BulkheadFullError:
         waited = "" if not self.wait else f" after waiting {self.wait:g}s"
         return BulkheadFullError(
             f"{self.name}(): max_concurrency={self.limit} calls already in flight{waited}"
         )
-
-    def wrap_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
-        slots = Slots(self.limit)
-        try_acquire, acquire, release, wait = (
-            slots.try_acquire,
-            slots.acquire_sync,
-            slots.release,
-            self.wait,
-        )
-
-        def attempt(*args: Any, **kwargs: Any) -> Any:
-            if not try_acquire() and not acquire(wait):
-                raise self.full()
-            try:
-                return func(*args, **kwargs)
-            finally:
-                release()
-
-        return attempt
-
-    def wrap_async(self, func: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
-        slots = Slots(self.limit)
-        try_acquire, acquire, release, wait = (
-            slots.try_acquire,
-            slots.acquire_async,
-            slots.release,
-            self.wait,
-        )
-
-        async def attempt(*args: Any, **kwargs: Any) -> Any:
-            if not try_acquire() and not await acquire(wait):
-                raise self.full()
-            try:
-                return await func(*args, **kwargs)
-            finally:
-                release()
-
-        return attempt

@@ -13,7 +13,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar, Unpack, cast, overload
 
-from opero.core.attempt_steps import BreakerStep, ResultCheck
+from opero.core.attempt_steps import Guard, ResultCheck
 from opero.core.breaker import BreakerSet, CircuitBreakerOptions
 from opero.core.budget import BudgetTracker, RetryBudget
 from opero.core.bulkhead import Bulkhead
@@ -100,25 +100,30 @@ def _attempt_steps(
     fallback: FallbackParameter | None,
     total: TotalTimeout | None,
 ) -> tuple[Callable[..., Any], dict[str, Any]]:
-    """One attempt, innermost step first: attempt timeout, retry_if_result check, rate
-    limit, bulkhead, circuit breaker. Returns it with the steps tests may look at."""
+    """One attempt, innermost step first: attempt timeout, rate limit, then the guard
+    (circuit breaker, bulkhead, retry_if_result check in one frame, see
+    `opero.core.attempt_steps`). Returns it with the steps tests may look at."""
     is_async = _is_async(func)
     attempt: Callable[..., Any] = func
     extras: dict[str, Any] = {}
     steps: list[Any] = []
     if options.timeout is not None or total is not None:
         steps.append(AttemptTimeout(options.timeout, total, name))
-    if options.retry_if_result is not None:
-        steps.append(ResultCheck(options.retry_if_result, name))
     if options.rate_limit is not None:
         # Every real attempt (retries, fallback values) takes a token.
         extras["rate_limit"] = build_rate_limit_step(func, options)
         steps.append(extras["rate_limit"])
-    if options.max_concurrency is not None:
-        steps.append(Bulkhead(options.max_concurrency, options.max_concurrency_wait, name))
+    breakers = None
     if isinstance(options.circuit_breaker, CircuitBreakerOptions):
-        extras["breakers"] = BreakerSet(options.circuit_breaker, name)
-        steps.append(BreakerStep(extras["breakers"], fallback))
+        breakers = extras["breakers"] = BreakerSet(options.circuit_breaker, name)
+    bulkhead = None
+    if options.max_concurrency is not None:
+        bulkhead = Bulkhead(options.max_concurrency, options.max_concurrency_wait, name)
+    check = None
+    if options.retry_if_result is not None:
+        check = ResultCheck(options.retry_if_result, name)
+    if breakers is not None or bulkhead is not None or check is not None:
+        steps.append(Guard(breakers, fallback, bulkhead, check))
     for step in steps:
         attempt = step.wrap_async(attempt) if is_async else step.wrap_sync(attempt)
     return attempt, extras
