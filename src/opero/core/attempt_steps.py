@@ -51,9 +51,10 @@ class ResultCheck:
         self.predicate = predicate
         self.name = name
 
-    def judge(self, result: Any) -> Any:
+    def judge(self, result: Any, predicate: Callable[[Any], object]) -> None:
+        """Raise `ResultRejectedError` if `predicate` (this check's) rejects `result`."""
         try:
-            rejected = self.predicate(result)
+            rejected = predicate(result)
         except Exception as bug:
             raise RetryPredicateError(None, bug, option="retry_if_result") from bug
         if rejected:
@@ -61,7 +62,6 @@ class ResultCheck:
                 f"{self.name}(): retry_if_result rejected the result (a {type(result).__name__})",
                 result,
             )
-        return result
 
 
 class Guard:
@@ -109,34 +109,47 @@ class Guard:
             raise self.bulkhead.full()
 
     def _parts(self) -> tuple[Any, ...]:
-        breakers, bulkhead = self.breakers, self.bulkhead
+        breakers, bulkhead, check = self.breakers, self.bulkhead, self.check
         single = breakers.get(None) if breakers is not None and self.fallback is None else None
         slots = bulkhead.slots if bulkhead is not None else None
-        judge = self.check.judge if self.check is not None else None
-        return breakers is not None, single, slots, judge
+        predicate = check.predicate if check is not None else None
+        return breakers is not None, single, slots, predicate
+
+    # The two attempts below are the hot path of every guarded call, unrolled on purpose:
+    # the bulkhead's token deque and the result predicate are used directly, without a
+    # method call each.
 
     def wrap_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
-        guarded, single, slots, judge = self._parts()
-        find, wait_for_slot = self.breaker_for, self.wait_for_slot
+        guarded, single, slots, predicate = self._parts()
+        find, wait_for_slot, check = self.breaker_for, self.wait_for_slot, self.check
+        take = slots.tokens.pop if slots is not None else None
+        put = slots.tokens.append if slots is not None else None
+        waiters = slots.waiters if slots is not None else None
 
         def attempt(*args: Any, **kwargs: Any) -> Any:
             breaker = None
             if guarded:
                 breaker = single or find(args, kwargs)
                 breaker.before()
-            if slots is not None and not slots.try_acquire():
-                wait_for_slot(breaker)
+            if take is not None:
+                try:
+                    take()
+                except IndexError:
+                    wait_for_slot(breaker)
             try:
                 result = func(*args, **kwargs)
-                if judge is not None:
-                    result = judge(result)
+                if predicate is not None:
+                    assert check is not None
+                    check.judge(result, predicate)
             except BaseException as exc:
                 if breaker is not None:
                     _report(breaker, exc)
                 raise
             finally:
-                if slots is not None:
-                    slots.release()
+                if put is not None:
+                    put(None)
+                    if waiters:
+                        slots.hand_over()
             if breaker is not None:
                 breaker.success()
             return result
@@ -144,27 +157,36 @@ class Guard:
         return attempt
 
     def wrap_async(self, func: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
-        guarded, single, slots, judge = self._parts()
-        find, wait_for_slot = self.breaker_for, self.wait_for_slot_async
+        guarded, single, slots, predicate = self._parts()
+        find, wait_for_slot, check = self.breaker_for, self.wait_for_slot_async, self.check
+        take = slots.tokens.pop if slots is not None else None
+        put = slots.tokens.append if slots is not None else None
+        waiters = slots.waiters if slots is not None else None
 
         async def attempt(*args: Any, **kwargs: Any) -> Any:
             breaker = None
             if guarded:
                 breaker = single or find(args, kwargs)
                 breaker.before()
-            if slots is not None and not slots.try_acquire():
-                await wait_for_slot(breaker)
+            if take is not None:
+                try:
+                    take()
+                except IndexError:
+                    await wait_for_slot(breaker)
             try:
                 result = await func(*args, **kwargs)
-                if judge is not None:
-                    result = judge(result)
-            except BaseException as exc:
+                if predicate is not None:
+                    assert check is not None
+                    check.judge(result, predicate)
+            except BaseException as exc:  # a cancellation is not the service's failure
                 if breaker is not None:
                     _report(breaker, exc)
                 raise
             finally:
-                if slots is not None:
-                    slots.release()
+                if put is not None:
+                    put(None)
+                    if waiters:
+                        slots.hand_over()
             if breaker is not None:
                 breaker.success()
             return result

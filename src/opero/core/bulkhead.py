@@ -60,14 +60,14 @@ class Slots:
     """
 
     def __init__(self, limit: int) -> None:
-        self._tokens = deque([None] * limit)
+        self.tokens = deque([None] * limit)
         self._lock = threading.Lock()
-        self._waiters: deque[_Waiter] = deque()
+        self.waiters: deque[_Waiter] = deque()
 
     def try_acquire(self) -> bool:
         """Take a slot if one is free."""
         try:
-            self._tokens.pop()
+            self.tokens.pop()
         except IndexError:
             return False
         return True
@@ -75,10 +75,10 @@ class Slots:
     def _queue(self, waiter: _Waiter) -> bool:
         """Queue `waiter`, or take a slot at once (True) if one is free by now."""
         with self._lock:
-            if self._tokens:
-                self._tokens.pop()
+            if self.tokens:
+                self.tokens.pop()
                 return True
-            self._waiters.append(waiter)
+            self.waiters.append(waiter)
         return False
 
     def _give_up(self, waiter: _Waiter) -> bool:
@@ -130,14 +130,15 @@ class Slots:
 
     def release(self) -> None:
         """Give a slot back; hand one to the first waiter still waiting, if any."""
-        self._tokens.append(None)
-        if self._waiters:
-            self._hand_over()
+        self.tokens.append(None)
+        if self.waiters:
+            self.hand_over()
 
-    def _hand_over(self) -> None:
+    def hand_over(self) -> None:
+        """Give free tokens to waiters still waiting, first come first served."""
         with self._lock:
-            while self._waiters and self._tokens:
-                waiter = self._waiters.popleft()
+            while self.waiters and self.tokens:
+                waiter = self.waiters.popleft()
                 if waiter.gone:
                     continue
                 try:
@@ -145,7 +146,7 @@ class Slots:
                 except RuntimeError:  # its event loop is closed: the waiter is gone
                     waiter.gone = True
                     continue
-                self._tokens.pop()
+                self.tokens.pop()
                 waiter.granted = True
 
 

@@ -132,6 +132,8 @@ def call_with_fallback_sync(
 ) -> R:
     """Try each fallback value with its own retries; `AllFailedError` if all fail."""
     values = fallback.values(args, kwargs)
+    if policy.budget is not None:
+        policy.budget.record_call()  # one deposit per call, not per value
     errors: list[Exception] = []
     for index, value in enumerate(values):
         call_args, call_kwargs = fallback.substitute(args, kwargs, value)
@@ -160,6 +162,8 @@ async def call_with_fallback_async(
 ) -> R:
     """The async twin of `call_with_fallback_sync`."""
     values = fallback.values(args, kwargs)
+    if policy.budget is not None:
+        policy.budget.record_call()  # one deposit per call, not per value
     errors: list[Exception] = []
     for index, value in enumerate(values):
         call_args, call_kwargs = fallback.substitute(args, kwargs, value)

@@ -1,7 +1,7 @@
 """`@opero`: validate the options once, build the call pipeline, wrap the function.
 
-The pipeline of one call, outermost first: cache -> (retry budget deposit) -> total
-timeout deadline -> fallback -> retry -> circuit breaker -> bulkhead -> rate limit ->
+The pipeline of one call, outermost first: cache -> total timeout deadline -> (retry
+budget deposit) -> fallback -> retry -> circuit breaker -> bulkhead -> rate limit ->
 retry_if_result check -> attempt timeout -> the function. Each step exists only when its
 option asks for it. This module only composes; each step's decisions live in `opero.core`.
 """
@@ -79,8 +79,6 @@ def decorate(func: Callable[P, R], options: OperoOptions) -> Callable[P, R]:
     if total is not None:
         # The deadline is set as the call enters, before the first fallback value.
         wrapper = total.wrap_async(wrapper) if is_async else total.wrap_sync(wrapper)
-    if budget is not None:
-        wrapper = _counting_calls(wrapper, budget, is_async=is_async)
     step = build_cache_step(func, options) if options.cache else None
     if step is not None:
         # The outermost step: a hit returns before fallback, retry or rate limit.
@@ -127,26 +125,6 @@ def _attempt_steps(
     for step in steps:
         attempt = step.wrap_async(attempt) if is_async else step.wrap_sync(attempt)
     return attempt, extras
-
-
-def _counting_calls(
-    func: Callable[..., Any], budget: BudgetTracker, *, is_async: bool
-) -> Callable[..., Any]:
-    """Each call adds to the retry budget before its first attempt."""
-    record = budget.record_call
-    if is_async:
-
-        async def async_call(*args: Any, **kwargs: Any) -> Any:
-            record()
-            return await func(*args, **kwargs)
-
-        return async_call
-
-    def call(*args: Any, **kwargs: Any) -> Any:
-        record()
-        return func(*args, **kwargs)
-
-    return call
 
 
 def _retrying(
@@ -204,7 +182,25 @@ def _no_cache_info() -> CacheInfo:
 
 
 def _sync_wrapper(func: Callable[..., Any], policy: RetryPolicy, name: str) -> Callable[..., Any]:
+    if policy.budget is not None:
+        return _sync_budget_wrapper(func, policy, name, policy.budget.record_call)
+
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except Exception as exc:
+            failure = exc
+        return retry_sync(policy, name, func, args, kwargs, failure)
+
+    return wrapper
+
+
+def _sync_budget_wrapper(
+    func: Callable[..., Any], policy: RetryPolicy, name: str, record: Callable[[], None]
+) -> Callable[..., Any]:
+    # Each call adds to the retry budget before its first attempt.
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        record()
         try:
             return func(*args, **kwargs)
         except Exception as exc:
@@ -217,7 +213,27 @@ def _sync_wrapper(func: Callable[..., Any], policy: RetryPolicy, name: str) -> C
 def _async_wrapper(
     func: Callable[..., Awaitable[Any]], policy: RetryPolicy, name: str
 ) -> Callable[..., Any]:
+    if policy.budget is not None:
+        return _async_budget_wrapper(func, policy, name, policy.budget.record_call)
+
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await func(*args, **kwargs)
+        except Exception as exc:
+            failure = exc
+        return await retry_async(policy, name, func, args, kwargs, failure)
+
+    return wrapper
+
+
+def _async_budget_wrapper(
+    func: Callable[..., Awaitable[Any]],
+    policy: RetryPolicy,
+    name: str,
+    record: Callable[[], None],
+) -> Callable[..., Any]:
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        record()
         try:
             return await func(*args, **kwargs)
         except Exception as exc:
