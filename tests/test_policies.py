@@ -773,3 +773,23 @@ def test_bulkhead_slots_under_thread_contention_never_exceed_or_lose_a_slot() ->
     assert granted[0] >= 12 * 100  # every caller without a bound got through
     # Exactly three slots at the end: none lost, none made up.
     assert [slots.try_acquire() for _ in range(4)] == [True, True, True, False]
+
+
+async def test_async_retry_budget_caps_retries(sleeps: list[float]) -> None:
+    attempts = 0
+
+    @opero(
+        cache=False,
+        retries=2,
+        min_delay=0,
+        retry_budget=RetryBudget(ratio=0.25, min_retries_per_second=0, window=600),
+    )
+    async def down() -> None:
+        nonlocal attempts
+        attempts += 1
+        raise ConnectionError("outage")
+
+    for _ in range(40):
+        with pytest.raises(ConnectionError):
+            await down()
+    assert 5 <= attempts - 40 <= 10  # without the budget: 80
