@@ -793,3 +793,28 @@ async def test_async_retry_budget_caps_retries(sleeps: list[float]) -> None:
         with pytest.raises(ConnectionError):
             await down()
     assert 5 <= attempts - 40 <= 10  # without the budget: 80
+
+
+def test_a_token_taken_on_the_lock_free_path_during_a_hand_over_is_no_error() -> None:
+    from collections import deque
+
+    from opero.core.bulkhead import Slots, _Waiter
+
+    class Stolen(deque):  # type: ignore[type-arg]
+        """Looks non-empty, but another thread's pop() got there first."""
+
+        def __bool__(self) -> bool:
+            return True
+
+        def pop(self) -> None:
+            raise IndexError("pop from an empty deque")
+
+    slots = Slots(1)
+    waiter = _Waiter()
+    waiter.lock = threading.Lock()
+    waiter.lock.acquire()
+    slots.waiters.append(waiter)
+    slots.tokens = Stolen()
+    slots.hand_over()  # must not raise, and must not wake the waiter without a token
+    assert not waiter.granted
+    assert waiter.lock.locked()

@@ -54,8 +54,9 @@ class Slots:
     `deque.append()`, each atomic in CPython, so the uncontended path takes no lock. Only
     a caller that finds no token takes the lock, to queue itself; a releasing caller that
     sees a queue hands a token to its first waiter under the lock. A waiter queues itself
-    only after a last look for a token under the lock, and a releaser looks for waiters
-    only after putting its token back, so a token never sits idle while someone waits.
+    and then looks for a token once more, under the lock; a releaser looks for waiters
+    only after putting its token back. So whichever comes second sees the other, and a
+    token never sits idle while someone waits.
     Waiters are served in order; a caller arriving meanwhile may take a freed token first.
     """
 
@@ -75,10 +76,17 @@ class Slots:
     def _queue(self, waiter: _Waiter) -> bool:
         """Queue `waiter`, or take a slot at once (True) if one is free by now."""
         with self._lock:
-            if self.tokens:
+            try:
                 self.tokens.pop()
+            except IndexError:
+                pass
+            else:
                 return True
             self.waiters.append(waiter)
+            # A releaser may have put a token back between our look and our queueing,
+            # and looked for waiters before we were queued: look again, now queued.
+            if self.tokens:
+                self._hand_over_locked()
         return False
 
     def _give_up(self, waiter: _Waiter) -> bool:
@@ -137,17 +145,32 @@ class Slots:
     def hand_over(self) -> None:
         """Give free tokens to waiters still waiting, first come first served."""
         with self._lock:
-            while self.waiters and self.tokens:
-                waiter = self.waiters.popleft()
-                if waiter.gone:
-                    continue
-                try:
-                    waiter.wake()
-                except RuntimeError:  # its event loop is closed: the waiter is gone
-                    waiter.gone = True
-                    continue
-                self.tokens.pop()
-                waiter.granted = True
+            self._hand_over_locked()
+
+    def _hand_over_locked(self) -> None:
+        while self.waiters:
+            try:
+                self.tokens.pop()  # a caller on the lock-free path may take it first
+            except IndexError:
+                return
+            if not self._grant():
+                self.tokens.append(None)  # nobody is waiting any more
+                return
+
+    def _grant(self) -> bool:
+        """Hand one taken token to the first waiter still waiting; False if none is."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if waiter.gone:
+                continue
+            try:
+                waiter.wake()
+            except RuntimeError:  # its event loop is closed: the waiter is gone
+                waiter.gone = True
+                continue
+            waiter.granted = True
+            return True
+        return False
 
 
 class Bulkhead:
