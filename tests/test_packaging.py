@@ -58,6 +58,11 @@ def test_demo_runs_all_three_scenarios() -> None:
     assert "results kept: 299 of 300; results[10] = 20" in out
     assert "failed: item 137: LookupError" in out
     assert "items that needed a retry: 44;" in out  # 43 multiples of 7, and item 137
+    events = out.split("7. The event stream")[1]
+    for kind in ("call_started", "retry_scheduled", "fallback_switched", "call_succeeded"):
+        assert kind in events
+    assert "delay=20ms" in events
+    assert "Stats(calls=1, successes=1, failures=0, retries=2, fallbacks_used=1" in events
     offsets = [
         float(x) for x in out.split("8 calls started at (ms): ")[1].split("\n")[0].split(", ")
     ]

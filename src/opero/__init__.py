@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from opero.core.breaker import CircuitBreakerOptions
 from opero.core.budget import RetryBudget
+from opero.core.events import Event, Stats, add_hook, remove_hook
+from opero.core.introspect import current_attempt, current_call_id
 from opero.decorators.opero import opero
 from opero.decorators.opmap import opmap
 from opero.exceptions import (
@@ -33,16 +35,22 @@ __all__ = [
     "CircuitBreakerOptions",
     "CircuitOpenError",
     "DeadlineExceededError",
+    "Event",
     "OperoError",
     "OpmapError",
     "RemoteError",
     "ResultRejectedError",
     "RetryBudget",
     "RetryPredicateError",
+    "Stats",
     "WorkerCrashedError",
     "__version__",
+    "add_hook",
+    "current_attempt",
+    "current_call_id",
     "opero",
     "opmap",
+    "remove_hook",
 ]
 
 disable_if_loguru_loaded()

@@ -151,6 +151,45 @@ def _map_scenario() -> None:
     logger.enable("opero")
 
 
+def _events_scenario() -> None:
+    _say("\n7. The event stream of one call (a hook; no argument values in any event)")
+    from opero import Event, current_attempt
+
+    service = FlakyService({"a": -1, "b": 1})
+    started = time.perf_counter()
+
+    def show(event: Event) -> None:
+        at = (time.perf_counter() - started) * 1000
+        details = [f"attempt={event.attempt}"] if event.attempt else []
+        if event.fallback_index is not None:
+            details.append(f"value={event.fallback_index}")
+        if event.delay is not None:
+            details.append(f"delay={event.delay * 1000:.0f}ms")
+        if event.error:
+            details.append(f"error={event.error}")
+        _say(f"   {at:6.1f} ms  {event.kind:<18} {' '.join(details)}  [call {event.call_id}]")
+
+    @opero(
+        cache=False,
+        retries=1,
+        min_delay=0.02,
+        jitter=False,
+        arg_fallback="model",
+        on_event=show,
+        stats=True,
+    )
+    def ask(prompt: str, model: list[str]) -> str:
+        assert current_attempt() is not None
+        return service.complete(prompt, model)  # type: ignore[arg-type]
+
+    from loguru import logger
+
+    logger.disable("opero")  # the events say it all here
+    _say(f"   result: {ask('Hello?', ['a', 'b'])}")
+    logger.enable("opero")
+    _say(f"   ask.stats(): {ask.stats()}")  # type: ignore[attr-defined]
+
+
 def run_demo() -> int:
     """Run the scenarios, printing what happens; returns the exit status."""
     from loguru import logger
@@ -167,5 +206,6 @@ def run_demo() -> int:
     _cache_scenario()
     _rate_limit_scenario()
     _map_scenario()
+    _events_scenario()
     _say("\nDone.")
     return 0

@@ -171,6 +171,7 @@ class Breaker:
         "_state",
         "_threshold",
         "_width",
+        "listener",
         "name",
         "options",
     )
@@ -183,6 +184,8 @@ class Breaker:
     ) -> None:
         self.options = options
         self.name = name
+        # Told each state change ("open", "half_open", "closed"), outside the lock.
+        self.listener: Callable[[str], None] | None = None
         self._label = name or "this call"
         self._clock = clock
         self._lock = threading.Lock()
@@ -242,6 +245,7 @@ class Breaker:
         """
         if self._state == _CLOSED:  # an attribute read is atomic: no lock needed
             return
+        half_opened = False
         with self._lock:
             state = self._state
             if state == _CLOSED:
@@ -254,9 +258,14 @@ class Breaker:
                 self._state = _HALF_OPEN
                 self._probes_started = 0
                 self._probes_ok = 0
-            if self._probes_started < self._probes:
+                half_opened = True
+            allowed = self._probes_started < self._probes
+            if allowed:
                 self._probes_started += 1
-                return
+        if half_opened and self.listener is not None:
+            self.listener("half_open")
+        if allowed:
+            return
         raise CircuitOpenError(
             f"circuit breaker for {self._label} is half-open and its probe calls are taken",
             retry_in=0.0,
@@ -283,6 +292,7 @@ class Breaker:
                 return
         else:
             now = self._clock()
+        closed = False
         lock = self._lock
         lock.acquire()  # cheaper than `with` on this hot path; try/finally is free
         try:
@@ -297,9 +307,12 @@ class Breaker:
                 self._probes_ok += 1
                 if self._probes_ok >= self._probes:
                     self._close(now)
+                    closed = True
             # Open: an attempt allowed before the trip ended late; its outcome is moot.
         finally:
             lock.release()
+        if closed and self.listener is not None:
+            self.listener("closed")
 
     def failure(self) -> None:
         """Report that the allowed attempt failed.
@@ -309,17 +322,18 @@ class Breaker:
         holds `minimum_calls` calls). Half-open: re-opens the breaker for a longer time.
         """
         now = self._clock()
+        tripped = False
         lock = self._lock
         lock.acquire()
         try:
             state = self._state
             if state == _CLOSED:
                 consecutive = self._consecutive = self._consecutive + 1
+                rate = self._rate
                 if consecutive >= self._threshold:
                     self._trip(now)
-                    return
-                rate = self._rate
-                if rate is not None:
+                    tripped = True
+                elif rate is not None:
                     epoch = now // self._width
                     if epoch > self._epoch:
                         self._advance(epoch)
@@ -329,10 +343,14 @@ class Breaker:
                     failures = self._past_failures + self._failures
                     if calls >= self._minimum_calls and failures / calls >= rate:
                         self._trip(now)
+                        tripped = True
             elif state == _HALF_OPEN and self._probes_started > 0:
                 self._trip(now)
+                tripped = True
         finally:
             lock.release()
+        if tripped and self.listener is not None:
+            self.listener("open")
 
     def release(self) -> None:
         """Report that the allowed attempt was neither a success nor a failure.
@@ -405,7 +423,7 @@ class BreakerSet:
     (a test's fake clock) sets it on every breaker of the set, made or to be made.
     """
 
-    __slots__ = ("_breakers", "_clock", "_lock", "name", "options")
+    __slots__ = ("_breakers", "_clock", "_lock", "listener", "name", "options")
 
     def __init__(
         self,
@@ -418,6 +436,7 @@ class BreakerSet:
         self._clock = clock
         self._lock = threading.Lock()
         self._breakers: dict[Hashable, Breaker] = {}
+        self.listener: Callable[[str], None] | None = None  # given to each breaker
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -439,6 +458,7 @@ class BreakerSet:
                 breaker = self._breakers.get(key)
                 if breaker is None:
                     breaker = Breaker(self.options, self.name, self._clock)
+                    breaker.listener = self.listener
                     self._breakers[key] = breaker
         return breaker
 

@@ -19,6 +19,7 @@ from opero.core.cache_keys import (
     memory_key,
     portable_key,
 )
+from opero.core.events import CACHE_HIT, NEVER_OBSERVED, CallInfo, Observer
 
 if TYPE_CHECKING:
     from opero.core.options import OperoOptions
@@ -133,13 +134,14 @@ class CacheStep:
         self.custom_key = custom_key
         self.hits = 0
         self.misses = 0
+        self.observer: Observer = NEVER_OBSERVED  # hits are events while it is on
         self._lock = threading.Lock()
         self._flights: dict[Any, _Flight] = {}
         self._async_flights: dict[Any, Any] = {}  # key -> asyncio.Future
 
     def wrap_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
         """`func` behind this cache. The hit path is inlined: it runs on every call."""
-        key_of, get, step = self.key_of, self.backend.get, self
+        key_of, get, step, observer = self.key_of, self.backend.get, self, self.observer
 
         def cached(*args: Any, **kwargs: Any) -> Any:
             key = _UNBOUND
@@ -150,6 +152,8 @@ class CacheStep:
                 problem = exc
             else:
                 step.hits += 1
+                if observer.on:
+                    observer.emit(CACHE_HIT, CallInfo(observer.function))
                 return value
             # Outside the except block, so the call's own errors get no cache context.
             key = step.after_failed_lookup(key, problem)
@@ -161,7 +165,7 @@ class CacheStep:
 
     def wrap_async(self, func: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
         """The async twin of `wrap_sync`; backends with `aget`/`aset` are awaited."""
-        key_of, step, backend = self.key_of, self, self.backend
+        key_of, step, backend, observer = self.key_of, self, self.backend, self.observer
 
         async def cached(*args: Any, **kwargs: Any) -> Any:
             key = _UNBOUND
@@ -172,6 +176,8 @@ class CacheStep:
                 problem = exc
             else:
                 step.hits += 1
+                if observer.on:
+                    observer.emit(CACHE_HIT, CallInfo(observer.function))
                 return value
             key = step.after_failed_lookup(key, problem)
             if key is _UNBOUND:
@@ -275,7 +281,7 @@ class CacheStep:
         if value is not _UNBOUND:  # a frozen key that is a hit after all
             del self._async_flights[key]
             future.set_result(value)
-            self.hits += 1
+            self.count_hit()
             return value
         try:
             self.misses += 1
@@ -320,8 +326,14 @@ class CacheStep:
                 _log_cache_problem("read", exc)
             self.misses += 1
             return MISSING
-        self.hits += 1
+        self.count_hit()
         return value
+
+    def count_hit(self) -> None:
+        """A hit found off the inlined path (a frozen key, a re-check)."""
+        self.hits += 1
+        if self.observer.on:
+            self.observer.emit(CACHE_HIT, CallInfo(self.observer.function))
 
     def store(self, key: Any, value: object) -> None:
         try:

@@ -10,6 +10,8 @@ import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+from opero.core import events
+from opero.core.events import call_id, current_call
 from opero.core.retry import RetryPolicy, retry_async, retry_sync
 from opero.exceptions import AllFailedError, DeadlineExceededError, RetryPredicateError
 from opero.utils.logging import log
@@ -105,12 +107,13 @@ def _all_failed(fallback: FallbackParameter, errors: list[Exception]) -> AllFail
 def _log_switch(fallback: FallbackParameter, index: int, total: int, exc: Exception) -> None:
     # The index, never the value: fallback values are often API keys.
     log().warning(
-        "{}: fallback value {}/{} of {!r} failed with {}; trying the next",
+        "{}: fallback value {}/{} of {!r} failed with {}; trying the next [call {}]",
         fallback.function_name,
         index + 1,
         total,
         fallback.name,
         type(exc).__name__,
+        call_id(),
     )
 
 
@@ -135,8 +138,11 @@ def call_with_fallback_sync(
     if policy.budget is not None:
         policy.budget.record_call()  # one deposit per call, not per value
     errors: list[Exception] = []
+    info = current_call.get() if policy.observer is not None else None
     for index, value in enumerate(values):
         call_args, call_kwargs = fallback.substitute(args, kwargs, value)
+        if info is not None:  # observed: attempts are numbered per value
+            info.fallback_index, info.attempt = index, 0
         try:
             try:
                 return func(*call_args, **call_kwargs)
@@ -149,6 +155,8 @@ def call_with_fallback_sync(
             errors.append(exc)
             if index + 1 < len(values):
                 _log_switch(fallback, index, len(values), exc)
+                if policy.observer is not None:
+                    policy.observer.emit(events.FALLBACK_SWITCHED, info, error=type(exc).__name__)
                 _check_deadline(policy, errors)
     raise _all_failed(fallback, errors)
 
@@ -165,8 +173,11 @@ async def call_with_fallback_async(
     if policy.budget is not None:
         policy.budget.record_call()  # one deposit per call, not per value
     errors: list[Exception] = []
+    info = current_call.get() if policy.observer is not None else None
     for index, value in enumerate(values):
         call_args, call_kwargs = fallback.substitute(args, kwargs, value)
+        if info is not None:  # observed: attempts are numbered per value
+            info.fallback_index, info.attempt = index, 0
         try:
             try:
                 return await func(*call_args, **call_kwargs)
@@ -180,5 +191,7 @@ async def call_with_fallback_async(
             errors.append(exc)
             if index + 1 < len(values):
                 _log_switch(fallback, index, len(values), exc)
+                if policy.observer is not None:
+                    policy.observer.emit(events.FALLBACK_SWITCHED, info, error=type(exc).__name__)
                 _check_deadline(policy, errors)
     raise _all_failed(fallback, errors)

@@ -7,7 +7,7 @@ an option by name again.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypedDict
 
 from opero.core.breaker import CircuitBreakerOptions
@@ -45,6 +45,8 @@ class OperoKwargs(TypedDict, total=False):
     max_concurrency_wait: float | None
     retry_if_result: Callable[[Any], object] | None
     retry_budget: float | RetryBudget | None
+    on_event: Callable[[Any], object] | Sequence[Callable[[Any], object]] | None
+    stats: bool
 
 
 class OperoOptions(NamedTuple):
@@ -75,6 +77,8 @@ class OperoOptions(NamedTuple):
     retry_if_result: Callable[[Any], object] | None = None
     # After build_options: a RetryBudget, or None for no budget.
     retry_budget: float | RetryBudget | None = None
+    on_event: Callable[[Any], object] | Sequence[Callable[[Any], object]] | None = None
+    stats: bool = False
 
 
 def build_options(decorator: str, given: dict[str, Any]) -> OperoOptions:
@@ -307,6 +311,16 @@ def _non_negative_or_none(where: str, value: object) -> None:
         _non_negative(where, value)
 
 
+def _on_event(where: str, value: object) -> None:
+    if value is None or callable(value):
+        return
+    if isinstance(value, list | tuple) and value and all(callable(hook) for hook in value):
+        return
+    raise TypeError(
+        f"{where} must be a callable taking an Event, or a non-empty list of them, got {value!r}"
+    )
+
+
 _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "cache": _bool,
     "cache_ttl": _positive_or_none,
@@ -331,4 +345,6 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "max_concurrency_wait": _non_negative_or_none,
     "retry_if_result": _callable_or_none,
     "retry_budget": _retry_budget,
+    "on_event": _on_event,
+    "stats": _bool,
 }

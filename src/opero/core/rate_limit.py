@@ -27,6 +27,8 @@ import threading
 import time
 from typing import Any, Protocol
 
+from opero.core import testing_state
+
 
 class RateLimiter(Protocol):
     """`take()` reserves a start (a `time.monotonic()` value); at that time `release()`
@@ -194,6 +196,8 @@ BUSY_BELOW = 0.00005
 
 def wait_sync(limiter: RateLimiter) -> None:
     """Block the calling thread until its reserved start, then until it is released."""
+    if testing_state.state.active:
+        return
     coarse = limiter.take() - time.monotonic() - THREAD_EARLY
     if coarse > 0.0:
         time.sleep(coarse)
@@ -205,6 +209,8 @@ def wait_sync(limiter: RateLimiter) -> None:
 
 async def wait_async(limiter: RateLimiter) -> None:
     """Wait, without blocking the event loop, for the reserved start and the release."""
+    if testing_state.state.active:
+        return
     import asyncio
 
     blocking = getattr(limiter, "blocking_io", False)
@@ -223,16 +229,23 @@ class RateLimitStep:
     """The rate-limit step of one decorated function; `limiter` may be swapped (by
     `@opmap`, for one shared by its worker processes)."""
 
-    __slots__ = ("limiter",)
+    __slots__ = ("limiter", "observer")
 
     def __init__(self, limiter: RateLimiter) -> None:
         self.limiter = limiter
+        self.observer: Any = None  # an events.Observer: waits are events while it is on
 
     def wrap_sync(self, func: Any) -> Any:
         step = self
 
         def limited(*args: Any, **kwargs: Any) -> Any:
-            wait_sync(step.limiter)
+            observer = step.observer
+            if observer is not None and observer.on:
+                began = time.monotonic()
+                wait_sync(step.limiter)
+                step.report_wait(time.monotonic() - began)
+            else:
+                wait_sync(step.limiter)
             return func(*args, **kwargs)
 
         return limited
@@ -241,10 +254,23 @@ class RateLimitStep:
         step = self
 
         async def limited(*args: Any, **kwargs: Any) -> Any:
-            await wait_async(step.limiter)
+            observer = step.observer
+            if observer is not None and observer.on:
+                began = time.monotonic()
+                await wait_async(step.limiter)
+                step.report_wait(time.monotonic() - began)
+            else:
+                await wait_async(step.limiter)
             return await func(*args, **kwargs)
 
         return limited
+
+    def report_wait(self, waited: float) -> None:
+        """An observed attempt waited `waited` seconds for its turn (reported from 1 ms)."""
+        if waited >= 0.001 and self.observer is not None:
+            from opero.core.events import RATE_LIMIT_WAIT, current_call
+
+            self.observer.emit(RATE_LIMIT_WAIT, current_call.get(), delay=waited)
 
 
 def build_rate_limit_step(func: Any, options: Any) -> RateLimitStep:

@@ -7,11 +7,14 @@ imported only then: it pulls in asyncio, too slow for `import opero`).
 
 from __future__ import annotations
 
+import contextvars
 import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from opero.core import events, testing_state
+from opero.core.events import CallInfo, call_id, current_call
 from opero.core.options import OperoOptions
 from opero.core.retry_after import server_delay
 from opero.exceptions import (
@@ -26,6 +29,7 @@ if TYPE_CHECKING:
     import tenacity
 
     from opero.core.budget import BudgetTracker
+    from opero.core.events import Observer
     from opero.core.timeout import TotalTimeout
 
 # Never retried whatever `retry_on` says: opero's own verdicts on this call.
@@ -47,6 +51,7 @@ class RetryPolicy:
         "jitter",
         "max_delay",
         "min_delay",
+        "observer",
         "predicate",
         "retries",
         "total",
@@ -58,9 +63,11 @@ class RetryPolicy:
         options: OperoOptions,
         total: TotalTimeout | None = None,
         budget: BudgetTracker | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.total = total
         self.budget = budget
+        self.observer = observer  # set in the observed pipeline's policy only
         self.retries = options.retries
         self.min_delay = float(options.min_delay)
         self.max_delay = float(options.max_delay)
@@ -138,6 +145,9 @@ def _retrying_options(policy: RetryPolicy, name: str, stopped: _Stop) -> dict[st
         # tenacity computes the wait first, so the deadline check sees the coming sleep.
         if state.attempt_number > policy.retries:
             return True
+        cap = testing_state.state.max_attempts
+        if cap is not None and state.attempt_number >= cap:
+            return True
         if policy.total is not None:
             remaining = policy.total.remaining()
             if remaining is not None and state.upcoming_sleep >= remaining:
@@ -153,12 +163,18 @@ def _retrying_options(policy: RetryPolicy, name: str, stopped: _Stop) -> dict[st
         exc = outcome.exception() if outcome is not None else None
         delay = state.next_action.sleep if state.next_action is not None else 0.0
         log().info(
-            "{}: attempt {} failed with {}; retrying in {:.3f}s",
+            "{}: attempt {} failed with {}; retrying in {:.3f}s [call {}]",
             name,
             state.attempt_number,
             type(exc).__name__,
             delay,
+            call_id(),
         )
+        if policy.observer is not None:
+            info = current_call.get()
+            policy.observer.emit(
+                events.RETRY_SCHEDULED, info, delay=delay, error=type(exc).__name__
+            )
 
     def should_retry(state: tenacity.RetryCallState) -> bool:
         outcome = state.outcome
@@ -183,28 +199,49 @@ def _retrying_options(policy: RetryPolicy, name: str, stopped: _Stop) -> dict[st
 def _gave_up(
     name: str, exc: Exception, attempts: int, policy: RetryPolicy, stopped: _Stop
 ) -> Exception:
-    """What to raise once the retries ended in `exc`, logged."""
+    """What to raise once the retries ended in `exc`, logged and reported."""
+    observer = policy.observer
+    error_name = type(exc).__name__
     if stopped.deadline:
         assert policy.total is not None
-        log().warning("{}: total_timeout reached after {} attempts", name, attempts)
+        log().warning(
+            "{}: total_timeout reached after {} attempts [call {}]", name, attempts, call_id()
+        )
+        if observer is not None:
+            observer.emit(events.DEADLINE_EXCEEDED, current_call.get(), error=error_name)
         error: Exception = policy.total.error(attempts)
         error.__cause__ = exc
         return error
     if stopped.budget:
         log().warning(
-            "{}: retry budget spent; not retrying {} after {} attempts",
+            "{}: retry budget spent; not retrying {} after {} attempts [call {}]",
             name,
-            type(exc).__name__,
+            error_name,
             attempts,
+            call_id(),
         )
+        if observer is not None:
+            observer.emit(events.RETRY_BUDGET_EXHAUSTED, current_call.get(), error=error_name)
     elif attempts > policy.retries:
         log().warning(
-            "{}: gave up after {} attempts; last error {}",
+            "{}: gave up after {} attempts; last error {} [call {}]",
             name,
             policy.retries + 1,
-            type(exc).__name__,
+            error_name,
+            call_id(),
         )
+    if observer is not None:
+        observer.emit(events.GAVE_UP, current_call.get(), error=error_name)
     return exc
+
+
+def _own_call(name: str) -> contextvars.Token[CallInfo | None] | None:
+    """An unobserved call that fails gets a correlation id for its retries' log lines
+    (and for what its later attempts start); an observed one has it already."""
+    info = current_call.get()
+    if info is not None and info.function == name:
+        return None
+    return current_call.set(CallInfo(name))
 
 
 def retry_sync(
@@ -218,12 +255,15 @@ def retry_sync(
     """Carry on after the first attempt of `func` raised `failure`: retry it as the policy
     says, and return its first result or re-raise its last exception itself."""
     if policy.retries == 0 or not policy.allows_retry(failure):
+        if policy.observer is not None:
+            policy.observer.emit(events.GAVE_UP, current_call.get(), error=type(failure).__name__)
         raise failure
     import tenacity
 
     stopped = _Stop()
     retrying = tenacity.Retrying(sleep=sync_sleep, **_retrying_options(policy, name, stopped))
     attempts = 0
+    token = _own_call(name)
     try:
         for attempt in retrying:
             attempts += 1
@@ -236,6 +276,9 @@ def retry_sync(
         if error is exc:
             raise
         raise error from exc
+    finally:
+        if token is not None:
+            current_call.reset(token)
     raise AssertionError("unreachable: tenacity stops by returning or raising")
 
 
@@ -250,6 +293,8 @@ async def retry_async(
     """The async twin of `retry_sync`: waits with asyncio.sleep, so it never blocks the
     event loop and a cancellation stops it at once."""
     if policy.retries == 0 or not policy.allows_retry(failure):
+        if policy.observer is not None:
+            policy.observer.emit(events.GAVE_UP, current_call.get(), error=type(failure).__name__)
         raise failure
     import asyncio
 
@@ -260,6 +305,7 @@ async def retry_async(
         sleep=async_sleep or asyncio.sleep, **_retrying_options(policy, name, stopped)
     )
     attempts = 0
+    token = _own_call(name)
     try:
         async for attempt in retrying:
             attempts += 1
@@ -272,4 +318,7 @@ async def retry_async(
         if error is exc:
             raise
         raise error from exc
+    finally:
+        if token is not None:
+            current_call.reset(token)
     raise AssertionError("unreachable: tenacity stops by returning or raising")

@@ -24,6 +24,7 @@ import contextvars
 import math
 import queue
 import signal
+import sys
 import threading
 import time
 import weakref
@@ -227,7 +228,17 @@ def _watch_of(loop: asyncio.AbstractEventLoop) -> _Watch:
 
 
 class _Job:
-    __slots__ = ("args", "context", "done", "error", "func", "kwargs", "name", "result")
+    __slots__ = (
+        "args",
+        "attempt",
+        "context",
+        "done",
+        "error",
+        "func",
+        "kwargs",
+        "name",
+        "result",
+    )
 
     def __init__(self, func: Callable[..., Any], args: Any, kwargs: Any, name: str) -> None:
         self.func = func
@@ -235,6 +246,10 @@ class _Job:
         self.kwargs = kwargs
         self.name = name
         self.context = contextvars.copy_context()  # so context (and deadlines) flow in
+        from opero.core.introspect import attempt_at
+
+        # For current_attempt() on the thread: the caller's stack is not there.
+        self.attempt = attempt_at(sys._getframe(3))
         self.done = threading.Event()
         self.result: Any = None
         self.error: BaseException | None = None

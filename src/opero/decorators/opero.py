@@ -18,11 +18,13 @@ from opero.core.breaker import BreakerSet, CircuitBreakerOptions
 from opero.core.budget import BudgetTracker, RetryBudget
 from opero.core.bulkhead import Bulkhead
 from opero.core.cache import CacheInfo, build_cache_step
+from opero.core.events import NEVER_OBSERVED, Hook, Observer
 from opero.core.fallback import (
     FallbackParameter,
     call_with_fallback_async,
     call_with_fallback_sync,
 )
+from opero.core.observed import observed_attempts, observed_calls
 from opero.core.options import OperoKwargs, OperoOptions, build_options
 from opero.core.rate_limit import build_rate_limit_step
 from opero.core.retry import RetryPolicy, retry_async, retry_sync
@@ -72,15 +74,24 @@ def decorate(func: Callable[P, R], options: OperoOptions) -> Callable[P, R]:
     budget = (
         BudgetTracker(cast(RetryBudget, options.retry_budget)) if options.retry_budget else None
     )
-    policy = RetryPolicy(options, total, budget)
     fallback = FallbackParameter(func, options.arg_fallback, name) if options.arg_fallback else None
-    attempt, extras = _attempt_steps(func, options, name, fallback, total)
-    wrapper = _retrying(attempt, policy, fallback, name, is_async=is_async)
+    observer = Observer(name, _hooks(options.on_event), stats=options.stats)
+    attempt, extras = _attempt_steps(func, options, name, fallback, total, observer)
+    # Two pipelines share every step and its state: the fast one, and the observed one
+    # it diverts to (one attribute read per call) while anyone listens to its events.
+    observed_policy = RetryPolicy(options, total, budget, observer)
+    observed_attempt = observed_attempts(attempt, observer, is_async=is_async)
+    observed = _retrying(observed_attempt, observed_policy, fallback, name, is_async=is_async)
+    observer.pipeline = observed_calls(observed, observer, is_async=is_async)
+    policy = RetryPolicy(options, total, budget)
+    wrapper = _retrying(attempt, policy, fallback, name, is_async=is_async, divert=observer)
     if total is not None:
         # The deadline is set as the call enters, before the first fallback value.
         wrapper = total.wrap_async(wrapper) if is_async else total.wrap_sync(wrapper)
     step = build_cache_step(func, options) if options.cache else None
     if step is not None:
+        step.observer = observer
+        observer.cached = True
         # The outermost step: a hit returns before fallback, retry or rate limit.
         wrapper = step.wrap_async(wrapper) if is_async else step.wrap_sync(wrapper)
     functools.update_wrapper(wrapper, func)
@@ -88,6 +99,9 @@ def decorate(func: Callable[P, R], options: OperoOptions) -> Callable[P, R]:
     wrapper.__opero_breakers__ = extras.get("breakers")  # type: ignore[attr-defined]
     wrapper.cache_clear = step.clear if step else _no_cache_clear  # type: ignore[attr-defined]
     wrapper.cache_info = step.info if step else _no_cache_info  # type: ignore[attr-defined]
+    wrapper.stats = observer.stats  # type: ignore[attr-defined]
+    wrapper.reset_stats = observer.reset_stats  # type: ignore[attr-defined]
+    wrapper.__opero_observer__ = observer  # type: ignore[attr-defined]
     return cast(Callable[P, R], wrapper)
 
 
@@ -97,6 +111,7 @@ def _attempt_steps(
     name: str,
     fallback: FallbackParameter | None,
     total: TotalTimeout | None,
+    observer: Observer,
 ) -> tuple[Callable[..., Any], dict[str, Any]]:
     """One attempt, innermost step first: attempt timeout, rate limit, then the guard
     (circuit breaker, bulkhead, retry_if_result check in one frame, see
@@ -110,10 +125,12 @@ def _attempt_steps(
     if options.rate_limit is not None:
         # Every real attempt (retries, fallback values) takes a token.
         extras["rate_limit"] = build_rate_limit_step(func, options)
+        extras["rate_limit"].observer = observer
         steps.append(extras["rate_limit"])
     breakers = None
     if isinstance(options.circuit_breaker, CircuitBreakerOptions):
         breakers = extras["breakers"] = BreakerSet(options.circuit_breaker, name)
+        breakers.listener = observer.breaker_changed
     bulkhead = None
     if options.max_concurrency is not None:
         bulkhead = Bulkhead(options.max_concurrency, options.max_concurrency_wait, name)
@@ -134,16 +151,20 @@ def _retrying(
     name: str,
     *,
     is_async: bool,
+    divert: Observer = NEVER_OBSERVED,
 ) -> Callable[..., Any]:
-    """The fallback and retry steps around one attempt, in the sync or async form."""
+    """The fallback and retry steps around one attempt, in the sync or async form.
+
+    Always present, so the check whether the call is observed lives here: while
+    `divert.on`, the call goes to `divert.pipeline`, which emits events."""
     if is_async:
         async_attempt = cast(Callable[..., Awaitable[Any]], attempt)
         if fallback is None:
-            return _async_wrapper(async_attempt, policy, name)
-        return _async_fallback_wrapper(async_attempt, policy, fallback)
+            return _async_wrapper(async_attempt, policy, name, divert)
+        return _async_fallback_wrapper(async_attempt, policy, fallback, divert)
     if fallback is None:
-        return _sync_wrapper(attempt, policy, name)
-    return _sync_fallback_wrapper(attempt, policy, fallback)
+        return _sync_wrapper(attempt, policy, name, divert)
+    return _sync_fallback_wrapper(attempt, policy, fallback, divert)
 
 
 def _innermost(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -177,15 +198,20 @@ def _no_cache_info() -> CacheInfo:
     return CacheInfo(0, 0, 0)
 
 
-# The four wrappers below are the hot path: the first attempt is a plain call, and the
-# retry machinery is entered only after it raised.
+# The wrappers below are the hot path: the first attempt is a plain call, and the
+# retry machinery is entered only after it raised. Each first reads `divert.on`: while
+# anyone listens to this function's events, the call goes to the observed pipeline.
 
 
-def _sync_wrapper(func: Callable[..., Any], policy: RetryPolicy, name: str) -> Callable[..., Any]:
+def _sync_wrapper(
+    func: Callable[..., Any], policy: RetryPolicy, name: str, divert: Observer
+) -> Callable[..., Any]:
     if policy.budget is not None:
-        return _sync_budget_wrapper(func, policy, name, policy.budget.record_call)
+        return _sync_budget_wrapper(func, policy, name, divert, policy.budget.record_call)
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if divert.on:
+            return divert.pipeline(*args, **kwargs)
         try:
             return func(*args, **kwargs)
         except Exception as exc:
@@ -196,10 +222,16 @@ def _sync_wrapper(func: Callable[..., Any], policy: RetryPolicy, name: str) -> C
 
 
 def _sync_budget_wrapper(
-    func: Callable[..., Any], policy: RetryPolicy, name: str, record: Callable[[], None]
+    func: Callable[..., Any],
+    policy: RetryPolicy,
+    name: str,
+    divert: Observer,
+    record: Callable[[], None],
 ) -> Callable[..., Any]:
     # Each call adds to the retry budget before its first attempt.
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if divert.on:
+            return divert.pipeline(*args, **kwargs)
         record()
         try:
             return func(*args, **kwargs)
@@ -211,12 +243,14 @@ def _sync_budget_wrapper(
 
 
 def _async_wrapper(
-    func: Callable[..., Awaitable[Any]], policy: RetryPolicy, name: str
+    func: Callable[..., Awaitable[Any]], policy: RetryPolicy, name: str, divert: Observer
 ) -> Callable[..., Any]:
     if policy.budget is not None:
-        return _async_budget_wrapper(func, policy, name, policy.budget.record_call)
+        return _async_budget_wrapper(func, policy, name, divert, policy.budget.record_call)
 
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if divert.on:
+            return await divert.pipeline(*args, **kwargs)
         try:
             return await func(*args, **kwargs)
         except Exception as exc:
@@ -230,9 +264,12 @@ def _async_budget_wrapper(
     func: Callable[..., Awaitable[Any]],
     policy: RetryPolicy,
     name: str,
+    divert: Observer,
     record: Callable[[], None],
 ) -> Callable[..., Any]:
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if divert.on:
+            return await divert.pipeline(*args, **kwargs)
         record()
         try:
             return await func(*args, **kwargs)
@@ -244,18 +281,33 @@ def _async_budget_wrapper(
 
 
 def _sync_fallback_wrapper(
-    func: Callable[..., Any], policy: RetryPolicy, fallback: FallbackParameter
+    func: Callable[..., Any], policy: RetryPolicy, fallback: FallbackParameter, divert: Observer
 ) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if divert.on:
+            return divert.pipeline(*args, **kwargs)
         return call_with_fallback_sync(fallback, policy, func, args, kwargs)
 
     return wrapper
 
 
 def _async_fallback_wrapper(
-    func: Callable[..., Awaitable[Any]], policy: RetryPolicy, fallback: FallbackParameter
+    func: Callable[..., Awaitable[Any]],
+    policy: RetryPolicy,
+    fallback: FallbackParameter,
+    divert: Observer,
 ) -> Callable[..., Any]:
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if divert.on:
+            return await divert.pipeline(*args, **kwargs)
         return await call_with_fallback_async(fallback, policy, func, args, kwargs)
 
     return wrapper
+
+
+def _hooks(on_event: object) -> tuple[Hook, ...]:
+    if on_event is None:
+        return ()
+    if callable(on_event):
+        return (cast(Hook, on_event),)
+    return tuple(cast(Any, on_event))

@@ -1,0 +1,90 @@
+"""`current_attempt()` and `current_call_id()`: where the running code is in an opero call.
+
+The attempt number is read from the stack, not from a context variable, so that the
+success path sets nothing: walking out from the caller, the first opero frame met says
+which attempt runs — a retry loop holds its attempt count, the wrappers and the fallback
+loop make first attempts. The nearest opero call wins, so a decorated function called
+inside another one sees its own attempts. Coroutines awaiting each other are on the
+stack too while they run. A sync attempt run on a timeout thread carries the number its
+caller computed.
+"""
+
+from __future__ import annotations
+
+import sys
+from types import CodeType, FrameType
+from typing import Any
+
+from opero.core.events import current_call
+
+_FIRST, _RETRY, _FALLBACK, _THREAD = range(4)
+_codes: dict[CodeType, int] | None = None
+
+
+def _nested(factory: Any, name: str) -> list[CodeType]:
+    return [
+        const
+        for const in factory.__code__.co_consts
+        if isinstance(const, CodeType) and const.co_name == name
+    ]
+
+
+def _opero_codes() -> dict[CodeType, int]:
+    global _codes  # noqa: PLW0603 - built once, on first use
+    if _codes is None:
+        from opero.core import fallback, retry, timeout
+        from opero.decorators import opero as decorators
+
+        codes: dict[CodeType, int] = {}
+        for factory in (
+            decorators._sync_wrapper,
+            decorators._sync_budget_wrapper,
+            decorators._async_wrapper,
+            decorators._async_budget_wrapper,
+        ):
+            for code in _nested(factory, "wrapper"):
+                codes[code] = _FIRST
+        codes[retry.retry_sync.__code__] = _RETRY
+        codes[retry.retry_async.__code__] = _RETRY
+        codes[fallback.call_with_fallback_sync.__code__] = _FALLBACK
+        codes[fallback.call_with_fallback_async.__code__] = _FALLBACK
+        codes[timeout._ThreadRunner._serve.__code__] = _THREAD
+        _codes = codes
+    return _codes
+
+
+def attempt_at(frame: FrameType | None) -> int | None:
+    """The attempt the nearest opero call around `frame` is making, or None."""
+    codes = _opero_codes()
+    while frame is not None:
+        kind = codes.get(frame.f_code)
+        if kind is not None:
+            if kind == _RETRY:
+                attempts = frame.f_locals.get("attempts")
+                return attempts if isinstance(attempts, int) and attempts > 0 else 1
+            if kind == _THREAD:
+                job = frame.f_locals.get("job")
+                return getattr(job, "attempt", None)
+            return 1
+        frame = frame.f_back
+    return None
+
+
+def current_attempt() -> int | None:
+    """The number of the attempt running now (1 for the first, 2 for the first retry,
+    ...; counted per fallback value), or None outside an opero call.
+
+    Call it from inside a decorated function (or anything it calls, threads and tasks
+    it starts excepted): ``if opero.current_attempt() > 1: use_a_cheaper_model()``.
+    """
+    return attempt_at(sys._getframe(1))
+
+
+def current_call_id() -> str | None:
+    """The correlation id of the running call, as in its events and log lines, or None.
+
+    Every call has one while its events are observed (hooks, stats, exporters); an
+    unobserved call gets one when its first attempt fails (its retries log it).
+    """
+    info = current_call.get()
+    return info.call_id if info is not None else None
