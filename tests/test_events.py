@@ -151,7 +151,7 @@ def test_policy_events_timeout_bulkhead_breaker_and_budget(no_sleep: None) -> No
         raise ConnectionError("down")
 
     for _ in range(2):
-        with pytest.raises(Exception, match="down|open"):
+        with pytest.raises(Exception, match=r"down|open"):
             down()
     assert "breaker_opened" in kinds(seen)
     assert "breaker_rejected" in kinds(seen)
@@ -435,9 +435,8 @@ async def test_no_waits_caps_attempts_and_skips_rate_limit_waits() -> None:
         attempts[0] += 1
         raise ConnectionError("down")
 
-    with no_waits(max_attempts=2):
-        with pytest.raises(ConnectionError):
-            await always_down()
+    with no_waits(max_attempts=2), pytest.raises(ConnectionError):
+        await always_down()
     assert attempts[0] == 2
 
     @opero(cache=False, rate_limit=1)
@@ -448,9 +447,8 @@ async def test_no_waits_caps_attempts_and_skips_rate_limit_waits() -> None:
     with no_waits():
         assert [await slow_limit(i) for i in range(5)] == list(range(5))
     assert time.monotonic() - begin < 0.5
-    with pytest.raises(ValueError, match="max_attempts"):
-        with no_waits(max_attempts=0):
-            pass
+    with pytest.raises(ValueError, match="max_attempts"), no_waits(max_attempts=0):
+        pass
 
 
 def test_the_pytest_fixture_in_a_users_suite(tmp_path: Path) -> None:
