@@ -500,3 +500,51 @@ def test_hooks_run_in_the_calling_thread() -> None:
     runner.start()
     runner.join()
     assert set(threads) == {"caller"}
+
+
+def test_add_hook_from_many_threads_loses_none() -> None:
+    hooks = [lambda event, n=n: None for n in range(400)]
+    chunks = [hooks[i::8] for i in range(8)]
+    removers: list[Any] = []
+
+    def add(chunk: list[Any]) -> None:
+        for hook in chunk:
+            removers.append(add_hook(hook))
+
+    threads = [threading.Thread(target=add, args=(chunk,)) for chunk in chunks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        from opero.core.events import _hub
+
+        assert len(_hub.hooks) == 400
+    finally:
+        for remove in removers:
+            remove()
+    assert _hub.hooks == ()
+
+
+def test_an_unobserved_fallback_call_logs_one_call_id(no_sleep: None) -> None:
+    from loguru import logger
+
+    lines: list[str] = []
+    sink = logger.add(lines.append, format="{message}", level="INFO")
+    logger.enable("opero")
+    try:
+
+        @opero(cache=False, retries=1, arg_fallback="key")
+        def call(key: list[str]) -> str:
+            if key != "c":
+                raise ConnectionError("no")
+            return "ok"
+
+        assert call(["a", "b", "c"]) == "ok"
+    finally:
+        logger.disable("opero")
+        logger.remove(sink)
+    ids = {line.split("[call ")[1].split("]")[0] for line in lines}
+    assert len(lines) >= 4
+    assert len(ids) == 1
+    assert "-" not in ids

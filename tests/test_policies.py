@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from typing import Any
@@ -207,7 +210,8 @@ def test_total_timeout_with_fallback_stops_between_values() -> None:
     with pytest.raises(DeadlineExceededError) as caught:
         slow_fail(["a", "b", "c"])
     assert tried == ["a", "b"]
-    assert isinstance(caught.value.__cause__, AttemptTimeoutError | ValueError)
+    # "b" was cut at the deadline while it ran: the deadline itself is the failure.
+    assert caught.value.__cause__ is None
 
 
 async def test_total_timeout_deadlines_of_concurrent_calls_are_separate() -> None:
@@ -818,3 +822,136 @@ def test_a_token_taken_on_the_lock_free_path_during_a_hand_over_is_no_error() ->
     slots.hand_over()  # must not raise, and must not wake the waiter without a token
     assert not waiter.granted
     assert waiter.lock.locked()
+
+
+# --- regressions found in review ----------------------------------------------------------
+
+
+async def test_an_outer_timeout_arriving_with_the_attempt_deadline_stays_the_callers() -> None:
+    @opero(cache=False, timeout=0.05, retries=3, min_delay=0)
+    async def hangs() -> None:
+        await asyncio.sleep(5)
+
+    begin = time.monotonic()
+    with pytest.raises(TimeoutError) as caught:
+        async with asyncio.timeout(0.05):
+            await hangs()
+    assert time.monotonic() - begin < 0.2  # not retried three more times
+    assert not isinstance(caught.value, AttemptTimeoutError)
+
+
+def test_finished_event_loops_are_not_kept_alive() -> None:
+    import gc
+    import weakref
+
+    @opero(cache=False, timeout=5)
+    async def quick() -> int:
+        return 1
+
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def main() -> int:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        return await quick()
+
+    for _ in range(5):
+        assert asyncio.run(main()) == 1
+    gc.collect()
+    assert sum(ref() is not None for ref in loops) <= 1
+
+
+async def test_a_probe_cancelled_while_queued_for_the_bulkhead_gives_its_slot_back() -> None:
+    release = asyncio.Event()
+    healthy = [False]
+
+    @opero(
+        cache=False,
+        retries=0,
+        max_concurrency=1,
+        circuit_breaker=breaker_options(failure_threshold=1, half_open_probes=2),
+    )
+    async def service() -> str:
+        if not healthy[0]:
+            raise ConnectionError("down")
+        await release.wait()
+        return "up"
+
+    clock = with_fake_clock(service)
+    with pytest.raises(ConnectionError):
+        await service()
+    clock.now += 10.0  # half-open, two probes allowed
+    healthy[0] = True
+    first = asyncio.create_task(service())  # probe 1 holds the bulkhead slot
+    await asyncio.sleep(0.01)
+    second = asyncio.create_task(service())  # probe 2 queues for the slot
+    await asyncio.sleep(0.01)
+    second.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    release.set()
+    assert await first == "up"
+    assert await service() == "up"  # probe 2's place was given back: not refused
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_deadline_that_cuts_the_only_attempt_is_a_deadline_error(kind: str) -> None:
+    if kind == "sync":
+
+        @opero(cache=False, total_timeout=0.05, retries=0)
+        def slow() -> None:
+            time.sleep(0.3)
+
+        with pytest.raises(DeadlineExceededError):
+            slow()
+    else:
+
+        @opero(cache=False, total_timeout=0.05, retries=0)
+        async def aslow() -> None:
+            await asyncio.sleep(0.3)
+
+        with pytest.raises(DeadlineExceededError):
+            asyncio.run(aslow())
+
+
+def test_a_sigalrm_timeout_shorter_than_arming_still_raises_a_timeout() -> None:
+    script = textwrap.dedent(
+        """
+        import time
+        from opero import opero, AttemptTimeoutError
+        from opero.core.timeout import use_alarm
+
+        use_alarm()
+
+        @opero(cache=False, retries=0, timeout=1e-7)
+        def tiny() -> None:
+            time.sleep(0.05)
+
+        for _ in range(50):
+            try:
+                tiny()
+            except AttemptTimeoutError:
+                pass
+        print("ok")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_ctrl_c_while_queued_for_a_slot_does_not_leak_it() -> None:
+    import signal
+
+    from opero.core.bulkhead import Slots
+
+    slots = Slots(1)
+    assert slots.try_acquire()
+    main = threading.main_thread().ident
+    assert main is not None
+    threading.Timer(0.05, signal.pthread_kill, (main, signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        slots.acquire_sync(None)
+    slots.release()
+    assert [slots.try_acquire() for _ in range(2)] == [True, False]

@@ -95,7 +95,13 @@ class Guard:
     def wait_for_slot(self, breaker: Breaker | None) -> None:
         """No free slot: wait for one as the bulkhead allows, or raise BulkheadFullError."""
         assert self.bulkhead is not None
-        if not self.bulkhead.slots.acquire_sync(self.bulkhead.wait):
+        try:
+            acquired = self.bulkhead.slots.acquire_sync(self.bulkhead.wait)
+        except BaseException:  # e.g. Ctrl-C while queued: the probe slot goes back
+            if breaker is not None:
+                breaker.release()
+            raise
+        if not acquired:
             if breaker is not None:
                 breaker.release()
             raise self.bulkhead.full()
@@ -103,7 +109,13 @@ class Guard:
     async def wait_for_slot_async(self, breaker: Breaker | None) -> None:
         """The same for a task."""
         assert self.bulkhead is not None
-        if not await self.bulkhead.slots.acquire_async(self.bulkhead.wait):
+        try:
+            acquired = await self.bulkhead.slots.acquire_async(self.bulkhead.wait)
+        except BaseException:  # cancelled while queued: the probe slot goes back
+            if breaker is not None:
+                breaker.release()
+            raise
+        if not acquired:
             if breaker is not None:
                 breaker.release()
             raise self.bulkhead.full()

@@ -106,8 +106,13 @@ class Slots:
         waiter.lock.acquire()
         if self._queue(waiter):
             return True
-        if waiter.lock.acquire(timeout=-1 if wait is None else wait):
-            return True
+        try:
+            if waiter.lock.acquire(timeout=-1 if wait is None else wait):
+                return True
+        except BaseException:  # e.g. KeyboardInterrupt while queued
+            if self._give_up(waiter):
+                self.release()  # pass on the slot that came as we stopped waiting
+            raise
         return self._give_up(waiter)  # granted just as the wait ended: keep it
 
     async def acquire_async(self, wait: float | None) -> bool:

@@ -255,9 +255,10 @@ class _Hub:
             self._observers.add(observer)
             observer.refresh(self.hooks)
 
-    def set_hooks(self, hooks: tuple[Hook, ...]) -> None:
+    def change(self, edit: Callable[[tuple[Hook, ...]], tuple[Hook, ...]]) -> None:
+        """Replace the global hooks by `edit(hooks)`, atomically, and tell observers."""
         with self._lock:
-            self.hooks = hooks
+            hooks = self.hooks = edit(self.hooks)
             for observer in list(self._observers):
                 observer.refresh(hooks)
 
@@ -286,7 +287,7 @@ def add_hook(hook: Hook) -> Callable[[], None]:
     """
     if not callable(hook):
         raise TypeError(f"add_hook() needs a callable taking an Event, got {hook!r}")
-    _hub.set_hooks((*_hub.hooks, hook))
+    _hub.change(lambda hooks: (*hooks, hook))
 
     def remove() -> None:
         remove_hook(hook)
@@ -296,7 +297,11 @@ def add_hook(hook: Hook) -> Callable[[], None]:
 
 def remove_hook(hook: Hook) -> None:
     """Stop sending events to `hook` (added with `add_hook`); unknown hooks are ignored."""
-    hooks = list(_hub.hooks)
-    if hook in hooks:
-        hooks.remove(hook)
-        _hub.set_hooks(tuple(hooks))
+
+    def without(hooks: tuple[Hook, ...]) -> tuple[Hook, ...]:
+        if hook not in hooks:
+            return hooks
+        index = hooks.index(hook)
+        return hooks[:index] + hooks[index + 1 :]
+
+    _hub.change(without)

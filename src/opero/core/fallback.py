@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from opero.core import events
-from opero.core.events import call_id, current_call
-from opero.core.retry import RetryPolicy, retry_async, retry_sync
+from opero.core.events import CallInfo, call_id, current_call
+from opero.core.retry import RetryPolicy, own_call, retry_async, retry_sync
 from opero.exceptions import AllFailedError, DeadlineExceededError, RetryPredicateError
 from opero.utils.logging import log
 
@@ -98,7 +98,9 @@ class FallbackParameter:
 def _all_failed(fallback: FallbackParameter, errors: list[Exception]) -> AllFailedError:
     count = len(errors)
     noun = "value" if count == 1 else "values"
-    log().warning("{}: all {} fallback {} failed", fallback.function_name, count, noun)
+    log().warning(
+        "{}: all {} fallback {} failed [call {}]", fallback.function_name, count, noun, call_id()
+    )
     return AllFailedError(
         f"{fallback.function_name}(): all {count} {noun} of {fallback.name!r} failed", errors
     )
@@ -126,6 +128,23 @@ def _check_deadline(policy: RetryPolicy, errors: list[Exception]) -> None:
         raise policy.total.error(None) from errors[-1]
 
 
+def _next_value(
+    fallback: FallbackParameter,
+    policy: RetryPolicy,
+    info: CallInfo | None,
+    index: int,
+    count: int,
+    errors: list[Exception],
+) -> None:
+    """Value `index` failed: log and report the switch, unless it was the last one."""
+    if index + 1 < count:
+        exc = errors[-1]
+        _log_switch(fallback, index, count, exc)
+        if policy.observer is not None:
+            policy.observer.emit(events.FALLBACK_SWITCHED, info, error=type(exc).__name__)
+        _check_deadline(policy, errors)
+
+
 def call_with_fallback_sync(
     fallback: FallbackParameter,
     policy: RetryPolicy,
@@ -139,26 +158,30 @@ def call_with_fallback_sync(
         policy.budget.record_call()  # one deposit per call, not per value
     errors: list[Exception] = []
     info = current_call.get() if policy.observer is not None else None
-    for index, value in enumerate(values):
-        call_args, call_kwargs = fallback.substitute(args, kwargs, value)
-        if info is not None:  # observed: attempts are numbered per value
-            info.fallback_index, info.attempt = index, 0
-        try:
+    name = fallback.function_name
+    token = None
+    try:
+        for index, value in enumerate(values):
+            call_args, call_kwargs = fallback.substitute(args, kwargs, value)
+            if info is not None:  # observed: attempts are numbered per value
+                info.fallback_index, info.attempt = index, 0
             try:
-                return func(*call_args, **call_kwargs)
+                try:
+                    return func(*call_args, **call_kwargs)
+                except Exception as exc:
+                    first = exc
+                if token is None:  # one correlation id for every value's retries
+                    token = own_call(name)
+                return retry_sync(policy, name, func, call_args, call_kwargs, first)
+            except (RetryPredicateError, DeadlineExceededError):
+                raise  # a bug in a predicate, or the call's time is up: no next value
             except Exception as exc:
-                first = exc
-            return retry_sync(policy, fallback.function_name, func, call_args, call_kwargs, first)
-        except (RetryPredicateError, DeadlineExceededError):
-            raise  # a bug in a predicate, or the call's time is up: no next value
-        except Exception as exc:
-            errors.append(exc)
-            if index + 1 < len(values):
-                _log_switch(fallback, index, len(values), exc)
-                if policy.observer is not None:
-                    policy.observer.emit(events.FALLBACK_SWITCHED, info, error=type(exc).__name__)
-                _check_deadline(policy, errors)
-    raise _all_failed(fallback, errors)
+                errors.append(exc)
+                _next_value(fallback, policy, info, index, len(values), errors)
+        raise _all_failed(fallback, errors)
+    finally:
+        if token is not None:
+            current_call.reset(token)
 
 
 async def call_with_fallback_async(
@@ -171,27 +194,30 @@ async def call_with_fallback_async(
     """The async twin of `call_with_fallback_sync`."""
     values = fallback.values(args, kwargs)
     if policy.budget is not None:
-        policy.budget.record_call()  # one deposit per call, not per value
+        policy.budget.record_call()
     errors: list[Exception] = []
     info = current_call.get() if policy.observer is not None else None
-    for index, value in enumerate(values):
-        call_args, call_kwargs = fallback.substitute(args, kwargs, value)
-        if info is not None:  # observed: attempts are numbered per value
-            info.fallback_index, info.attempt = index, 0
-        try:
+    name = fallback.function_name
+    token = None
+    try:
+        for index, value in enumerate(values):
+            call_args, call_kwargs = fallback.substitute(args, kwargs, value)
+            if info is not None:
+                info.fallback_index, info.attempt = index, 0
             try:
-                return await func(*call_args, **call_kwargs)
+                try:
+                    return await func(*call_args, **call_kwargs)
+                except Exception as exc:
+                    first = exc
+                if token is None:
+                    token = own_call(name)
+                return await retry_async(policy, name, func, call_args, call_kwargs, first)
+            except (RetryPredicateError, DeadlineExceededError):
+                raise
             except Exception as exc:
-                first = exc
-            name = fallback.function_name
-            return await retry_async(policy, name, func, call_args, call_kwargs, first)
-        except (RetryPredicateError, DeadlineExceededError):
-            raise  # a bug in a predicate, or the call's time is up: no next value
-        except Exception as exc:
-            errors.append(exc)
-            if index + 1 < len(values):
-                _log_switch(fallback, index, len(values), exc)
-                if policy.observer is not None:
-                    policy.observer.emit(events.FALLBACK_SWITCHED, info, error=type(exc).__name__)
-                _check_deadline(policy, errors)
-    raise _all_failed(fallback, errors)
+                errors.append(exc)
+                _next_value(fallback, policy, info, index, len(values), errors)
+        raise _all_failed(fallback, errors)
+    finally:
+        if token is not None:
+            current_call.reset(token)

@@ -14,13 +14,19 @@ from typing import Any
 
 from opero.core import events
 from opero.core.events import CallInfo, Observer, current_call
-from opero.exceptions import AttemptTimeoutError, BulkheadFullError, CircuitOpenError
+from opero.exceptions import (
+    AttemptTimeoutError,
+    BulkheadFullError,
+    CircuitOpenError,
+    DeadlineExceededError,
+)
 
 # An attempt that failed for one of opero's own reasons gets an event of its own too.
 _SPECIFIC = {
     AttemptTimeoutError: events.ATTEMPT_TIMED_OUT,
     CircuitOpenError: events.BREAKER_REJECTED,
     BulkheadFullError: events.BULKHEAD_REJECTED,
+    DeadlineExceededError: events.DEADLINE_EXCEEDED,
 }
 
 

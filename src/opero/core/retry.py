@@ -235,7 +235,7 @@ def _gave_up(
     return exc
 
 
-def _own_call(name: str) -> contextvars.Token[CallInfo | None] | None:
+def own_call(name: str) -> contextvars.Token[CallInfo | None] | None:
     """An unobserved call that fails gets a correlation id for its retries' log lines
     (and for what its later attempts start); an observed one has it already."""
     info = current_call.get()
@@ -263,7 +263,7 @@ def retry_sync(
     stopped = _Stop()
     retrying = tenacity.Retrying(sleep=sync_sleep, **_retrying_options(policy, name, stopped))
     attempts = 0
-    token = _own_call(name)
+    token = own_call(name)
     try:
         for attempt in retrying:
             attempts += 1
@@ -305,7 +305,7 @@ async def retry_async(
         sleep=async_sleep or asyncio.sleep, **_retrying_options(policy, name, stopped)
     )
     attempts = 0
-    token = _own_call(name)
+    token = own_call(name)
     try:
         async for attempt in retrying:
             attempts += 1

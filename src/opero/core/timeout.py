@@ -105,7 +105,11 @@ class AttemptTimeout:
                 limit = remaining
         return limit
 
-    def error(self, limit: float) -> AttemptTimeoutError:
+    def error(self, limit: float) -> AttemptTimeoutError | DeadlineExceededError:
+        """The timeout to raise: the call's deadline when it set the limit, else the
+        attempt's own."""
+        if self.total is not None and (self.seconds is None or limit < self.seconds):
+            return self.total.error(None)
         return AttemptTimeoutError(f"{self.name}(): attempt timed out after {max(limit, 0):.3g}s")
 
     def wrap_async(self, func: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
@@ -113,7 +117,7 @@ class AttemptTimeout:
 
         current_task, running_loop = asyncio.current_task, asyncio.get_running_loop
         seconds, total, limit_now = self.seconds, self.total, self.limit
-        last: list[Any] = [None, None]  # the last loop seen and its watch
+        last: list[_Watch | None] = [None]  # the watch of the last loop seen
 
         async def attempt(*args: Any, **kwargs: Any) -> Any:
             limit = seconds if total is None else limit_now()
@@ -122,14 +126,14 @@ class AttemptTimeout:
             if limit <= 0:
                 raise self.error(limit)
             loop = running_loop()
-            if loop is last[0]:
-                watch = last[1]
-            else:
-                watch = _watch_of(loop)
-                last[0], last[1] = loop, watch
+            watch = last[0]
+            if watch is None or watch.loop_ref() is not loop:
+                watch = last[0] = _watch_of(loop)
             task = current_task(loop)
-            entry: list[Any] = [loop.time() + limit, task, False, 0]
-            watch.add(entry)
+            assert task is not None
+            # As asyncio.timeout does: the task's cancel requests before this attempt.
+            entry: list[Any] = [loop.time() + limit, task, False, task.cancelling()]
+            watch.add(entry, loop)
             try:
                 return await func(*args, **kwargs)
             except asyncio.CancelledError:
@@ -137,13 +141,11 @@ class AttemptTimeout:
                     # As asyncio.timeout does: the cancellation is ours to turn into a
                     # timeout unless someone else asked for one too.
                     entry[_EXPIRED] = False
-                    assert task is not None
                     if task.uncancel() <= entry[_CANCELLING]:
                         raise self.error(limit) from None
                 raise
             finally:
                 if entry[_EXPIRED]:  # it expired but ended otherwise: withdraw our cancel
-                    assert task is not None
                     task.uncancel()
                 else:
                     watch.entries.pop(id(entry), None)
@@ -174,44 +176,57 @@ class AttemptTimeout:
 
 
 # An entry is a list (cheaper to make than an object): deadline, task, expired, and the
-# task's cancel requests before ours (set as we cancel it).
+# task's cancel requests when the attempt began.
 _DEADLINE, _TASK, _EXPIRED, _CANCELLING = range(4)
 
 
 class _Watch:
-    __slots__ = ("__weakref__", "entries", "handle", "loop", "when")
+    """The deadlines of one event loop's timed attempts, and its one timer.
+
+    It holds its loop weakly (the registry of watches is keyed weakly by loop), so a
+    finished `asyncio.run()` leaves nothing behind.
+    """
+
+    __slots__ = ("__weakref__", "entries", "handle_ref", "loop_ref", "when")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+        # Both weak: a timer handle refers to its loop, and the loop keeps its own
+        # scheduled handles alive.
+        self.loop_ref = weakref.ref(loop)
+        self.handle_ref: weakref.ref[asyncio.TimerHandle] | None = None
         self.entries: dict[int, list[Any]] = {}
-        self.handle: asyncio.TimerHandle | None = None
         self.when = math.inf
 
-    def add(self, entry: list[Any]) -> None:
+    def add(self, entry: list[Any], loop: asyncio.AbstractEventLoop) -> None:
         self.entries[id(entry)] = entry
         if entry[_DEADLINE] < self.when:
-            if self.handle is not None:
-                self.handle.cancel()
-            self.when = entry[_DEADLINE]
-            self.handle = self.loop.call_at(self.when, self.check)
+            self._schedule(loop, entry[_DEADLINE])
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        handle = self.handle_ref() if self.handle_ref is not None else None
+        if handle is not None:
+            handle.cancel()
+        self.when = when
+        self.handle_ref = weakref.ref(loop.call_at(when, self.check))
 
     def check(self) -> None:
-        self.handle = None
-        now = self.loop.time()
+        self.handle_ref = None
+        loop = self.loop_ref()
+        if loop is None:
+            return
+        now = loop.time()
         following = math.inf
         for key, entry in list(self.entries.items()):
             deadline = entry[_DEADLINE]
             if deadline <= now:
                 del self.entries[key]
-                task = entry[_TASK]
                 entry[_EXPIRED] = True
-                entry[_CANCELLING] = task.cancelling()
-                task.cancel()
+                entry[_TASK].cancel()
             elif deadline < following:
                 following = deadline
-        self.when = following
+        self.when = math.inf
         if following < math.inf:
-            self.handle = self.loop.call_at(following, self.check)
+            self._schedule(loop, following)
 
 
 _watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Watch] = weakref.WeakKeyDictionary()
@@ -229,6 +244,7 @@ def _watch_of(loop: asyncio.AbstractEventLoop) -> _Watch:
 
 class _Job:
     __slots__ = (
+        "abandoned",
         "args",
         "attempt",
         "context",
@@ -251,6 +267,7 @@ class _Job:
         # For current_attempt() on the thread: the caller's stack is not there.
         self.attempt = attempt_at(sys._getframe(3))
         self.done = threading.Event()
+        self.abandoned = False
         self.result: Any = None
         self.error: BaseException | None = None
 
@@ -285,7 +302,7 @@ class _ThreadRunner:
         if not job.done.wait(limit):
             with self._lock:
                 if not job.done.is_set():
-                    job.func = _ABANDONED  # tells the thread nobody waits any more
+                    job.abandoned = True  # tells the thread nobody waits any more
                     self.abandoned += 1
                     raise step.error(limit)
         error = job.error
@@ -304,7 +321,7 @@ class _ThreadRunner:
                 job.error = exc
             with self._lock:
                 job.done.set()
-                abandoned = job.func is _ABANDONED
+                abandoned = job.abandoned
                 if abandoned:
                     self.abandoned -= 1
                 keep = len(self._idle) < self.MAX_IDLE
@@ -317,10 +334,6 @@ class _ThreadRunner:
             del job  # the caller holds the outcome; the thread must not keep it alive
             if not keep:
                 return
-
-
-def _ABANDONED(*args: Any, **kwargs: Any) -> Any:
-    raise AssertionError("never called")
 
 
 _runner = _ThreadRunner()
@@ -368,9 +381,9 @@ class _Alarm:
         args: Any,
         kwargs: Any,
     ) -> Any:
-        self.armed = True
-        signal.setitimer(signal.ITIMER_REAL, limit)
         try:
+            self.armed = True
+            signal.setitimer(signal.ITIMER_REAL, limit)  # may fire at once: inside the try
             return func(*args, **kwargs)
         except _AlarmFired:
             raise step.error(limit) from None
