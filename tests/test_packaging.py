@@ -111,6 +111,7 @@ def test_readme_quick_start_matches_ci() -> None:
         ("bench_rate_limit.py", ("8 threads", "50 tasks", "2 processes", "rate_limit=1e6/s")),
         ("bench_opmap.py", ("multiprocessing.Pool.map", "joblib", "mpire", "ThreadPoolExecutor")),
         ("bench_policies.py", ("opero policies", "pyresilience", "tenacity+pybreaker")),
+        ("bench_cluster.py", ("dask, own cluster", "dask, running cluster", "process")),
     ],
 )
 def test_benchmark_runs(script: str, names: tuple[str, ...]) -> None:

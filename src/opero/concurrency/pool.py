@@ -205,7 +205,7 @@ class ProcessEngine:
             self._raw.join()
 
 
-Engine = ThreadEngine | ProcessEngine
+Engine = Any  # ThreadEngine, ProcessEngine or cluster.DaskEngine
 
 
 class ParentCache:
@@ -351,7 +351,7 @@ class Dispatcher:
             return Outcome(
                 [None] * len(chunk.items), dict.fromkeys(range(len(chunk.items)), error), 0
             )
-        outcome = self.engine.decode(answer)
+        outcome: Outcome = self.engine.decode(answer)
         if outcome.fatal is not None:
             raise outcome.fatal
         self.sizer.observe(len(outcome.results), outcome.elapsed)
@@ -390,11 +390,18 @@ class Dispatcher:
 
 
 @contextlib.contextmanager
-def engine_for(mode: str, job: Job, workers: int) -> Iterator[Engine]:
-    """A pool for one map; terminated unless the map ran to its end."""
-    engine: Engine = (
-        ProcessEngine(job, workers) if mode == "process" else ThreadEngine(job, workers)
-    )
+def engine_for(mode: str, job: Any, workers: int, client: Any = None) -> Iterator[Engine]:
+    """A pool for one map; terminated unless the map ran to its end. For mode="dask",
+    `job` is the payload remote workers build the pipeline from."""
+    engine: Engine
+    if mode == "dask":
+        from opero.concurrency.cluster import DaskEngine
+
+        engine = DaskEngine(job, workers, client)
+    elif mode == "process":
+        engine = ProcessEngine(job, workers)
+    else:
+        engine = ThreadEngine(job, workers)
     clean = False
     try:
         yield engine

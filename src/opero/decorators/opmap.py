@@ -38,7 +38,7 @@ R = TypeVar("R")
 P = ParamSpec("P")
 T_contra = TypeVar("T_contra", contravariant=True)
 
-MODES = ("process", "thread", "async")
+MODES = ("process", "thread", "async", "dask")
 
 
 class OpmapKwargs(OperoKwargs, total=False):
@@ -49,6 +49,7 @@ class OpmapKwargs(OperoKwargs, total=False):
     progress: bool | Literal["always"]
     return_exceptions: bool
     chunksize: int | None
+    client: Any
 
 
 class Mapper(Protocol[T_contra, P, R]):
@@ -100,6 +101,7 @@ class MapSettings(NamedTuple):
     progress: bool | str = True
     return_exceptions: bool = False
     chunksize: int | None = None
+    client: Any = None  # mode="dask": a distributed.Client, or a scheduler address
 
 
 @overload
@@ -164,11 +166,24 @@ def _map_settings(given: dict[str, Any]) -> MapSettings:
     progress = settings.progress
     if not (isinstance(progress, bool) or progress == "always"):
         raise ValueError(f"opmap(): progress must be True, False or 'always', got {progress!r}")
+    _check_client(mode, settings.client)
     if workers is None:
         cpus = os.cpu_count() or 1
-        workers = {"process": cpus, "thread": min(32, cpus + 4), "async": 64}[mode]
+        workers = {"process": cpus, "thread": min(32, cpus + 4), "async": 64, "dask": cpus}[mode]
         settings = settings._replace(workers=workers)
     return settings
+
+
+def _check_client(mode: str, client: Any) -> None:
+    if client is None:
+        return
+    if mode != "dask":
+        raise ValueError(f"opmap(): client is for mode='dask', not mode={mode!r}")
+    if not (isinstance(client, str) or hasattr(client, "submit")):
+        raise TypeError(
+            "opmap(): client must be a distributed.Client or a scheduler address "
+            f"such as 'tcp://scheduler:8786', got {client!r}"
+        )
 
 
 class _Map:
@@ -180,12 +195,19 @@ class _Map:
         self.options = options
         self.is_async = _is_async(func)
         self.cache_step = None
-        if settings.mode == "process":
+        self.func = func
+        if settings.mode in {"process", "dask"}:
             # The cache lives in the parent; workers run the rest of the pipeline.
             self.pipeline = decorate(func, options._replace(cache=False))
             if options.cache:
                 self.cache_step = build_cache_step(func, options)
-            _share_rate_limit(self.pipeline, options)
+            if settings.mode == "process":
+                _share_rate_limit(self.pipeline, options)
+            elif options.rate_limit is not None and options.rate_limit_backend != "redis":
+                raise ValueError(
+                    "opmap(mode='dask'): a rate_limit over a cluster needs "
+                    "rate_limit_backend='redis' (a local limit would hold per worker)"
+                )
         else:
             self.pipeline = decorate(func, options)
 
@@ -200,9 +222,17 @@ class _Map:
         from opero.concurrency.worker import Job
 
         mode, workers = self.settings.mode, self.workers()
-        job = Job(self.pipeline, args, kwargs, is_async=self.is_async)
         cache = None if self.cache_step is None else ParentCache(self.cache_step, args, kwargs)
-        with engine_for(mode, job, workers) as engine:
+        if mode == "dask":
+            from opero.concurrency.cluster import job_payload
+
+            options = self.options._replace(cache=False)
+            remote = job_payload(self.func, options, args, kwargs)
+            engines = engine_for(mode, remote, workers, self.settings.client)
+        else:
+            job = Job(self.pipeline, args, kwargs, is_async=self.is_async)
+            engines = engine_for(mode, job, workers)
+        with engines as engine:
             sizer = ChunkSizer(workers, _length(items), self.settings.chunksize, engine.target)
             yield from Dispatcher(engine, items, sizer, workers, cache)
 
