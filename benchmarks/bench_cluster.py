@@ -1,9 +1,11 @@
-"""`@opmap(mode="dask")` against local process mode, in one run.
+"""`@opmap(mode="dask")` and `mode="ray"` against local process mode, in one run.
 
 Two workloads: 10,000 trivial items (scheduling overhead dominates) and 200 items of
 50 ms of I/O (the work dominates). Dask runs on a `LocalCluster` of 2 worker processes,
 either started per map (as `@opmap(mode="dask")` does without `client=`) or kept
-running and passed as `client=`. Rounds are interleaved; medians are compared.
+running and passed as `client=`; Ray on a local runtime of 2 CPUs kept running (its
+start and shutdown per map are timed once, after the rounds). Rounds are interleaved;
+medians are compared.
 
     python benchmarks/bench_cluster.py            # full run
     python benchmarks/bench_cluster.py --quick    # smoke run (used by the test suite)
@@ -32,24 +34,37 @@ def io_bound(x: int) -> int:
     return x
 
 
-def contenders(client: Any, workers: int) -> dict[str, Callable[[Callable[[int], int]], Any]]:
-    common: dict[str, Any] = {"cache": False, "retries": 0, "progress": False}
-    return {
+COMMON: dict[str, Any] = {"cache": False, "retries": 0, "progress": False}
+
+
+def contenders(
+    client: Any, workers: int, *, own: bool
+) -> dict[str, Callable[[Callable[[int], int]], Any]]:
+    common = COMMON
+    found = {
         "process": functools.partial(opmap, mode="process", workers=workers, **common),
         "dask, own cluster": functools.partial(opmap, mode="dask", workers=workers, **common),
         "dask, running cluster": functools.partial(opmap, mode="dask", client=client, **common),
+        "ray, running runtime": functools.partial(opmap, mode="ray", **common),
     }
+    if not own:
+        del found["dask, own cluster"]
+    return found
 
 
-def measure(rounds: int, trivial_items: int, io_items: int) -> dict[str, dict[str, list[float]]]:
+def measure(
+    rounds: int, trivial_items: int, io_items: int, *, own: bool
+) -> dict[str, dict[str, list[float]]]:
     import distributed
+    import ray
 
     workers = 2
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
     cluster = distributed.LocalCluster(
         n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
     )
     client = distributed.Client(cluster)
-    makers = contenders(client, workers)
+    makers = contenders(client, workers, own=own)
     workloads: dict[str, tuple[Callable[[int], int], int]] = {
         f"{trivial_items:,} trivial items": (trivial, trivial_items),
         f"{io_items} x 50 ms I/O": (io_bound, io_items),
@@ -68,6 +83,13 @@ def measure(rounds: int, trivial_items: int, io_items: int) -> dict[str, dict[st
     finally:
         client.close()
         cluster.close()
+        ray.shutdown()
+    if own:  # a local Ray started and shut down by the map itself, timed once
+        fn, count = workloads[next(iter(workloads))]
+        started = time.perf_counter()
+        opmap(mode="ray", workers=workers, **COMMON)(fn)(range(count))
+        elapsed = time.perf_counter() - started
+        samples[next(iter(workloads))]["ray, own runtime (once)"] = [elapsed]
     return samples
 
 
@@ -78,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rounds, trivial_items, io_items = (1, 500, 10) if args.quick else (args.rounds, 10_000, 200)
     print(f"Python {sys.version.split()[0]}; {rounds} interleaved rounds, 2 workers, medians")
-    for load, by_name in measure(rounds, trivial_items, io_items).items():
+    results = measure(rounds, trivial_items, io_items, own=not args.quick)
+    for load, by_name in results.items():
         reference = statistics.median(by_name["process"])
         print(f"{load}:")
         for name, values in by_name.items():

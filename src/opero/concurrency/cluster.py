@@ -1,4 +1,4 @@
-"""`@opmap(mode="dask")`: chunks of items as tasks on a Dask `distributed` cluster.
+"""`@opmap(mode="dask")` and `mode="ray"`: chunks of items as tasks on a cluster.
 
 The same engine interface as the local pools (`submit`, `decode`, `supervise`, `close`,
 `results`, `target`), so the same `Dispatcher` batches items into tasks, keeps at most
@@ -9,7 +9,8 @@ function and its options travel instead (cloudpickle, as Dask does), and each wo
 process builds the pipeline once and keeps it for the map's later chunks. Exceptions
 come back as in process mode (`RemoteError` when they cannot be unpickled). Dask
 reschedules the task of a worker that died; a task that kills workers repeatedly fails
-its chunk's items with `WorkerCrashedError`. `distributed` is imported only here.
+its chunk's items with `WorkerCrashedError`; Ray does the same with its task retries.
+`distributed` and `ray` are imported only here, and only for the mode in use.
 """
 
 from __future__ import annotations
@@ -132,3 +133,63 @@ class DaskEngine:
                 self.client.close()
             if self._cluster is not None:
                 self._cluster.close()
+
+
+class RayEngine:
+    """One map's tasks on Ray: the running Ray (the caller's `ray.init`, left running),
+    one at `address`, or a local Ray of `workers` CPUs started for the map and shut down
+    after it."""
+
+    target = 0.05
+
+    def __init__(self, payload: bytes, workers: int, address: str | None = None) -> None:
+        import ray
+
+        self.payload = payload
+        self.results: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
+        self._refs: dict[int, Any] = {}
+        self._own = False
+        if not ray.is_initialized():
+            ray.init(
+                address=address,
+                num_cpus=workers if address is None else None,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+            self._own = True
+        self._task = ray.remote(num_cpus=1)(run_remote_chunk)
+
+    def submit(self, number: int, items: list[Any]) -> None:
+        ref = self._task.remote(self.payload, encode_items(items))
+        self._refs[number] = ref
+        ref.future().add_done_callback(lambda done: self._done(number, done))
+
+    def _done(self, number: int, future: Any) -> None:
+        self._refs.pop(number, None)
+        error = future.exception()
+        if error is None:
+            self.results.put((number, future))
+            return
+        crashed = WorkerCrashedError(
+            f"the Ray task of this item failed: {type(error).__name__}: {error}"
+        )
+        self.results.put((number, crashed))
+
+    def decode(self, answer: Any) -> Outcome:
+        return decode_outcome(answer.result())
+
+    def supervise(self, inflight: dict[int, Any]) -> list[tuple[int, Exception]]:
+        return []  # Ray retries a dead worker's tasks itself
+
+    def close(self, *, clean: bool) -> None:
+        import ray
+
+        try:
+            if not clean:
+                for ref in list(self._refs.values()):
+                    ray.cancel(ref, force=True)
+        finally:
+            self._refs.clear()
+            if self._own:
+                ray.shutdown()

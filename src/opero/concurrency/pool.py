@@ -390,14 +390,19 @@ class Dispatcher:
 
 
 @contextlib.contextmanager
-def engine_for(mode: str, job: Any, workers: int, client: Any = None) -> Iterator[Engine]:
-    """A pool for one map; terminated unless the map ran to its end. For mode="dask",
-    `job` is the payload remote workers build the pipeline from."""
+def engine_for(mode: str, job: Any, workers: int, where: Any = None) -> Iterator[Engine]:
+    """A pool for one map; terminated unless the map ran to its end. For the cluster
+    modes, `job` is the payload remote workers build the pipeline from and `where` the
+    Dask client or the Ray address."""
     engine: Engine
     if mode == "dask":
         from opero.concurrency.cluster import DaskEngine
 
-        engine = DaskEngine(job, workers, client)
+        engine = DaskEngine(job, workers, where)
+    elif mode == "ray":
+        from opero.concurrency.cluster import RayEngine
+
+        engine = RayEngine(job, workers, where)
     elif mode == "process":
         engine = ProcessEngine(job, workers)
     else:

@@ -38,7 +38,8 @@ R = TypeVar("R")
 P = ParamSpec("P")
 T_contra = TypeVar("T_contra", contravariant=True)
 
-MODES = ("process", "thread", "async", "dask")
+MODES = ("process", "thread", "async", "dask", "ray")
+CLUSTER_MODES = frozenset({"dask", "ray"})
 
 
 class OpmapKwargs(OperoKwargs, total=False):
@@ -50,6 +51,7 @@ class OpmapKwargs(OperoKwargs, total=False):
     return_exceptions: bool
     chunksize: int | None
     client: Any
+    address: str | None
 
 
 class Mapper(Protocol[T_contra, P, R]):
@@ -102,6 +104,7 @@ class MapSettings(NamedTuple):
     return_exceptions: bool = False
     chunksize: int | None = None
     client: Any = None  # mode="dask": a distributed.Client, or a scheduler address
+    address: str | None = None  # mode="ray": the Ray cluster's address
 
 
 @overload
@@ -166,24 +169,35 @@ def _map_settings(given: dict[str, Any]) -> MapSettings:
     progress = settings.progress
     if not (isinstance(progress, bool) or progress == "always"):
         raise ValueError(f"opmap(): progress must be True, False or 'always', got {progress!r}")
-    _check_client(mode, settings.client)
+    _check_cluster(mode, settings.client, settings.address)
     if workers is None:
         cpus = os.cpu_count() or 1
-        workers = {"process": cpus, "thread": min(32, cpus + 4), "async": 64, "dask": cpus}[mode]
+        workers = {
+            "process": cpus,
+            "thread": min(32, cpus + 4),
+            "async": 64,
+            "dask": cpus,
+            "ray": cpus,
+        }[mode]
         settings = settings._replace(workers=workers)
     return settings
 
 
-def _check_client(mode: str, client: Any) -> None:
-    if client is None:
-        return
-    if mode != "dask":
-        raise ValueError(f"opmap(): client is for mode='dask', not mode={mode!r}")
-    if not (isinstance(client, str) or hasattr(client, "submit")):
-        raise TypeError(
-            "opmap(): client must be a distributed.Client or a scheduler address "
-            f"such as 'tcp://scheduler:8786', got {client!r}"
-        )
+def _check_cluster(mode: str, client: Any, address: object) -> None:
+    """`client` (Dask) and `address` (Ray) belong to their mode."""
+    if client is not None:
+        if mode != "dask":
+            raise ValueError(f"opmap(): client is for mode='dask', not mode={mode!r}")
+        if not (isinstance(client, str) or hasattr(client, "submit")):
+            raise TypeError(
+                "opmap(): client must be a distributed.Client or a scheduler address "
+                f"such as 'tcp://scheduler:8786', got {client!r}"
+            )
+    if address is not None:
+        if mode != "ray":
+            raise ValueError(f"opmap(): address is for mode='ray', not mode={mode!r}")
+        if not isinstance(address, str):
+            raise TypeError(f"opmap(): address must be a str, got {address!r}")
 
 
 class _Map:
@@ -196,7 +210,7 @@ class _Map:
         self.is_async = _is_async(func)
         self.cache_step = None
         self.func = func
-        if settings.mode in {"process", "dask"}:
+        if settings.mode == "process" or settings.mode in CLUSTER_MODES:
             # The cache lives in the parent; workers run the rest of the pipeline.
             self.pipeline = decorate(func, options._replace(cache=False))
             if options.cache:
@@ -205,7 +219,7 @@ class _Map:
                 _share_rate_limit(self.pipeline, options)
             elif options.rate_limit is not None and options.rate_limit_backend != "redis":
                 raise ValueError(
-                    "opmap(mode='dask'): a rate_limit over a cluster needs "
+                    f"opmap(mode={settings.mode!r}): a rate_limit over a cluster needs "
                     "rate_limit_backend='redis' (a local limit would hold per worker)"
                 )
         else:
@@ -223,12 +237,13 @@ class _Map:
 
         mode, workers = self.settings.mode, self.workers()
         cache = None if self.cache_step is None else ParentCache(self.cache_step, args, kwargs)
-        if mode == "dask":
+        if mode in CLUSTER_MODES:
             from opero.concurrency.cluster import job_payload
 
             options = self.options._replace(cache=False)
             remote = job_payload(self.func, options, args, kwargs)
-            engines = engine_for(mode, remote, workers, self.settings.client)
+            where = self.settings.client if mode == "dask" else self.settings.address
+            engines = engine_for(mode, remote, workers, where)
         else:
             job = Job(self.pipeline, args, kwargs, is_async=self.is_async)
             engines = engine_for(mode, job, workers)
