@@ -7,8 +7,8 @@ items. Logging goes through loguru and is silent until ``logger.enable("opero")`
 
 from __future__ import annotations
 
-from opero.core.breaker import CircuitBreakerOptions
-from opero.core.budget import RetryBudget
+from typing import TYPE_CHECKING
+
 from opero.core.events import Event, Stats, add_hook, remove_hook
 from opero.core.introspect import current_attempt, current_call_id
 from opero.decorators.opero import opero
@@ -27,6 +27,12 @@ from opero.exceptions import (
     WorkerCrashedError,
 )
 from opero.utils.logging import disable_if_loguru_loaded
+
+if TYPE_CHECKING:  # loaded on first use by __getattr__ below
+    from opero.core.breaker import CircuitBreakerOptions
+    from opero.core.budget import RetryBudget
+
+    __version__: str
 
 __all__ = [
     "AllFailedError",
@@ -56,7 +62,16 @@ __all__ = [
 disable_if_loguru_loaded()
 
 
-def __getattr__(name: str) -> str:
+def __getattr__(name: str) -> object:
+    # Option classes import dataclasses, slow enough to load only when first used.
+    if name == "CircuitBreakerOptions":
+        from opero.core.breaker import CircuitBreakerOptions
+
+        return CircuitBreakerOptions
+    if name == "RetryBudget":
+        from opero.core.budget import RetryBudget
+
+        return RetryBudget
     # The version is read from the installed metadata on first use only: importlib.metadata
     # is too slow to import with opero itself.
     if name == "__version__":

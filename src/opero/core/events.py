@@ -21,7 +21,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from opero.utils.logging import log
@@ -72,9 +71,8 @@ EVENT_KINDS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One thing that happened in one call of one decorated function."""
+class Event(NamedTuple):
+    """One thing that happened in one call of one decorated function (immutable)."""
 
     kind: str
     function: str
@@ -85,7 +83,7 @@ class Event:
     elapsed: float | None = None  # seconds: of the attempt or of the whole call
     error: str | None = None  # exception type name
     state: str | None = None  # breaker state, for breaker_* events
-    time: float = field(default_factory=time.time)
+    time: float = 0.0  # time.time() when it happened
 
 
 Hook = Callable[[Event], object]
@@ -190,6 +188,7 @@ class Observer:
             info.attempt if info is not None else 0,
             info.fallback_index if info is not None else None,
             **fields,
+            time=time.time(),
         )
         for hook in listeners:
             try:

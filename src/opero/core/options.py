@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, TypedDict
+from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
-from opero.core.breaker import CircuitBreakerOptions
-from opero.core.budget import RetryBudget
 from opero.core.cache import BUILTIN_CACHE_BACKENDS, CacheBackend
+
+if TYPE_CHECKING:  # imported when an option uses them: dataclasses is slow to import
+    from opero.core.breaker import CircuitBreakerOptions
+    from opero.core.budget import RetryBudget
 
 RetryOn = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
 
@@ -124,11 +126,15 @@ def _normalized(decorator: str, options: OperoOptions) -> OperoOptions:
     """`circuit_breaker` and `retry_budget` in their one runtime form (or None)."""
     breaker = options.circuit_breaker
     if breaker is True:
+        from opero.core.breaker import CircuitBreakerOptions
+
         breaker = CircuitBreakerOptions()
     elif breaker is False:
         breaker = None
     budget = options.retry_budget
-    if budget is not None and not isinstance(budget, RetryBudget):
+    if isinstance(budget, int | float):
+        from opero.core.budget import RetryBudget
+
         try:
             budget = RetryBudget(ratio=float(budget))
         except ValueError as exc:
@@ -280,20 +286,28 @@ def _rate_limit_backend(where: str, value: object) -> None:
 
 
 def _circuit_breaker(where: str, value: object) -> None:
-    if value is None or isinstance(value, bool | CircuitBreakerOptions):
+    if value is None or isinstance(value, bool):
+        return
+    from opero.core.breaker import CircuitBreakerOptions
+
+    if isinstance(value, CircuitBreakerOptions):
         return
     raise TypeError(f"{where} must be True, False or a CircuitBreakerOptions(...), got {value!r}")
 
 
 def _retry_budget(where: str, value: object) -> None:
-    if value is None or isinstance(value, RetryBudget):
+    if value is None:
         return
-    if not _is_number(value):
+    if _is_number(value):
+        _number(where, value, low=0, low_inclusive=False)
+        return
+    from opero.core.budget import RetryBudget
+
+    if not isinstance(value, RetryBudget):
         raise TypeError(
             f"{where} must be a fraction of calls (e.g. 0.2), a RetryBudget(...) or None, "
             f"got {value!r}"
         )
-    _number(where, value, low=0, low_inclusive=False)
 
 
 def _int_at_least_or_none(low: int) -> Callable[[str, object], None]:

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from opero.core import events, testing_state
 from opero.core.events import CallInfo, call_id, current_call
 from opero.core.options import OperoOptions
-from opero.core.retry_after import server_delay
 from opero.exceptions import (
     CircuitOpenError,
     DeadlineExceededError,
@@ -132,6 +131,8 @@ class _Stop:
 
 
 def _retrying_options(policy: RetryPolicy, name: str, stopped: _Stop) -> dict[str, Any]:
+
+    from opero.core.retry_after import server_delay  # on the failure path only
 
     def wait(state: tenacity.RetryCallState) -> float:
         outcome = state.outcome

@@ -25,7 +25,6 @@ import math
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 
 __all__ = ["server_delay"]
 
@@ -81,6 +80,8 @@ def _from_value(value: object, now: Callable[[], datetime] | None) -> float | No
 
 def _from_header(value: object, now: Callable[[], datetime] | None) -> float | None:
     """Seconds from a ``Retry-After`` value: delta-seconds or an HTTP-date."""
+    from email.utils import parsedate_to_datetime  # only for an HTTP date
+
     if isinstance(value, bytes):
         value = value.decode("latin-1")
     if not isinstance(value, str):

@@ -11,12 +11,8 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import Any, ParamSpec, TypeVar, Unpack, cast, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Unpack, cast, overload
 
-from opero.core.attempt_steps import Guard, ResultCheck
-from opero.core.breaker import BreakerSet, CircuitBreakerOptions
-from opero.core.budget import BudgetTracker, RetryBudget
-from opero.core.bulkhead import Bulkhead
 from opero.core.cache import CacheInfo, build_cache_step
 from opero.core.events import NEVER_OBSERVED, Hook, Observer
 from opero.core.fallback import (
@@ -28,7 +24,9 @@ from opero.core.observed import observed_attempts, observed_calls
 from opero.core.options import OperoKwargs, OperoOptions, build_options
 from opero.core.rate_limit import build_rate_limit_step
 from opero.core.retry import RetryPolicy, retry_async, retry_sync
-from opero.core.timeout import AttemptTimeout, TotalTimeout
+
+if TYPE_CHECKING:
+    from opero.core.timeout import TotalTimeout
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -69,11 +67,18 @@ def decorate(func: Callable[P, R], options: OperoOptions) -> Callable[P, R]:
         raise TypeError(f"opero() decorates a function, got {func!r}")
     name = _display_name(func)
     is_async = _is_async(func)
-    total = TotalTimeout(options.total_timeout, name) if options.total_timeout else None
-    # build_options turned every budget into a RetryBudget.
-    budget = (
-        BudgetTracker(cast(RetryBudget, options.retry_budget)) if options.retry_budget else None
-    )
+    # The policy modules are imported only for the options that use them.
+    total = None
+    if options.total_timeout:
+        from opero.core.timeout import TotalTimeout
+
+        total = TotalTimeout(options.total_timeout, name)
+    budget = None
+    if options.retry_budget:
+        from opero.core.budget import BudgetTracker, RetryBudget
+
+        # build_options turned every budget into a RetryBudget.
+        budget = BudgetTracker(cast(RetryBudget, options.retry_budget))
     fallback = FallbackParameter(func, options.arg_fallback, name) if options.arg_fallback else None
     observer = Observer(name, _hooks(options.on_event), stats=options.stats)
     attempt, extras = _attempt_steps(func, options, name, fallback, total, observer)
@@ -121,23 +126,33 @@ def _attempt_steps(
     extras: dict[str, Any] = {}
     steps: list[Any] = []
     if options.timeout is not None or total is not None:
+        from opero.core.timeout import AttemptTimeout
+
         steps.append(AttemptTimeout(options.timeout, total, name))
     if options.rate_limit is not None:
         # Every real attempt (retries, fallback values) takes a token.
         extras["rate_limit"] = build_rate_limit_step(func, options)
         extras["rate_limit"].observer = observer
         steps.append(extras["rate_limit"])
-    breakers = None
-    if isinstance(options.circuit_breaker, CircuitBreakerOptions):
-        breakers = extras["breakers"] = BreakerSet(options.circuit_breaker, name)
+    breakers = bulkhead = check = None
+    if options.circuit_breaker:  # a CircuitBreakerOptions once validated
+        from opero.core.breaker import BreakerSet, CircuitBreakerOptions
+
+        breakers = extras["breakers"] = BreakerSet(
+            cast(CircuitBreakerOptions, options.circuit_breaker), name
+        )
         breakers.listener = observer.breaker_changed
-    bulkhead = None
     if options.max_concurrency is not None:
+        from opero.core.bulkhead import Bulkhead
+
         bulkhead = Bulkhead(options.max_concurrency, options.max_concurrency_wait, name)
-    check = None
     if options.retry_if_result is not None:
+        from opero.core.attempt_steps import ResultCheck
+
         check = ResultCheck(options.retry_if_result, name)
     if breakers is not None or bulkhead is not None or check is not None:
+        from opero.core.attempt_steps import Guard
+
         steps.append(Guard(breakers, fallback, bulkhead, check))
     for step in steps:
         attempt = step.wrap_async(attempt) if is_async else step.wrap_sync(attempt)
