@@ -548,3 +548,29 @@ def test_policies_apply_per_item_in_thread_mode() -> None:
 
     assert item(range(16)) == list(range(16))
     assert peak[0] == 2  # the bulkhead holds across the map's 8 threads
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_ordered_imap_behind_a_slow_item_pulls_a_bounded_window(mode: str) -> None:
+    pulled = itertools.count()
+
+    def endless() -> Any:
+        for n in itertools.count():
+            next(pulled)
+            yield n
+
+    def slow_first(x: int) -> int:
+        if x == 0:
+            time.sleep(0.5)
+        return x
+
+    mapped = opmap(mode=mode, workers=2, chunksize=4, cache=False, progress=False)(slow_first)
+    seen = []
+    for value in mapped.imap(endless()):
+        seen.append(value)
+        if len(seen) == 5:
+            break
+    assert seen == [0, 1, 2, 3, 4]
+    # 4 rounds of 2 chunks per worker ahead of item 0, plus what was in flight then;
+    # without the window the other worker runs thousands of items in those 0.5 s.
+    assert next(pulled) <= 4 * 4 * 4 + 4 * 4 + 8

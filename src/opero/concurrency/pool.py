@@ -272,11 +272,16 @@ class Dispatcher:
         sizer: ChunkSizer,
         workers: int,
         cache: ParentCache | None = None,
+        low: Callable[[], int] | None = None,
     ) -> None:
         self.engine = engine
         self.sizer = sizer
         self.limit = 2 * workers
         self.cache = cache
+        # For an ordered stream: the next index its consumer waits for. Results that
+        # finish ahead of it wait in the consumer's memory, so new chunks stop once that
+        # many are 4 rounds of chunks ahead (a slow item must not let the buffer grow).
+        self.low = low
         self.items = iter(items)
         self.source = enumerate(self.items)  # with the cache: item by item
         self.taken = 0  # without: chunks sliced off `items` at C speed
@@ -307,6 +312,8 @@ class Dispatcher:
     def _fill(self) -> Iterator[Batch]:
         """Submit chunks until the queue is full; yields cache hits met on the way."""
         while len(self.inflight) < self.limit and (self.redo or not self.exhausted):
+            if not self.redo and self.inflight and self._too_far_ahead():
+                return
             if self.redo:
                 chunk = self.redo.popleft()
             else:
@@ -317,6 +324,10 @@ class Dispatcher:
             self.engine.submit(self.number, chunk.items)
             self.inflight[self.number] = chunk
             self.number += 1
+
+    def _too_far_ahead(self) -> bool:
+        low = self.low
+        return low is not None and self.taken - low() >= 4 * self.limit * self.sizer.size
 
     def _take(self, chunk: _Chunk) -> Iterator[Batch]:
         cache, size = self.cache, self.sizer.size
@@ -330,6 +341,7 @@ class Dispatcher:
                 self.exhausted = True
             return
         for index, item in self.source:
+            self.taken = index + 1
             verdict, value = cache.lookup(item)
             if verdict in {"hit", "fail"}:
                 ok = verdict == "hit"

@@ -230,7 +230,11 @@ class _Map:
         return self.settings.workers
 
     def outcomes(
-        self, items: Iterable[Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        items: Iterable[Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        low: Callable[[], int] | None = None,
     ) -> Iterator[Batch]:
         from opero.concurrency.pool import ChunkSizer, Dispatcher, ParentCache, engine_for
         from opero.concurrency.worker import Job
@@ -249,7 +253,7 @@ class _Map:
             engines = engine_for(mode, job, workers)
         with engines as engine:
             sizer = ChunkSizer(workers, _length(items), self.settings.chunksize, engine.target)
-            yield from Dispatcher(engine, items, sizer, workers, cache)
+            yield from Dispatcher(engine, items, sizer, workers, cache, low)
 
     def aoutcomes(
         self, items: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -390,7 +394,8 @@ def _sync_wrappers(state: _Map) -> Callable[..., Any]:
         progress = state.progress(items)
         failures: dict[int, Any] = {}
         reorder = _Reorder() if state.settings.ordered else None
-        stream = state.outcomes(items, args, kwargs)
+        low = (lambda: reorder.following) if reorder is not None else None
+        stream = state.outcomes(items, args, kwargs, low)
         try:
             for batch in stream:
                 progress.update(len(batch.indices), len(batch.failures))
