@@ -25,8 +25,7 @@ import asyncio
 import random
 import statistics
 import sys
-import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 import circuitbreaker
@@ -34,21 +33,11 @@ import pybreaker
 import pyresilience as pr
 import tenacity
 
+from bench_overhead import plain, plain_async, time_async, time_sync  # same timing loops
 from opero import CircuitBreakerOptions, opero
-
-SyncFn = Callable[[int], Any]
-AsyncFn = Callable[[int], Coroutine[Any, Any, Any]]
 
 # Calls per round: thread hand-offs are ~100x slower than the rest, so fewer of them.
 SLOW = {"opero +timeouts", "pyresilience +timeouts"}
-
-
-def plain(x: int) -> int:
-    return x
-
-
-async def plain_async(x: int) -> int:
-    return x
 
 
 def policies() -> dict[str, Any]:
@@ -94,20 +83,6 @@ def contenders(fn: Callable[..., Any], *, is_async: bool) -> dict[str, Callable[
     if not is_async:  # pybreaker's async support needs tornado
         found["tenacity+pybreaker"] = tenacity_retry()(breaker(fn))
     return found
-
-
-def time_sync(fn: SyncFn, calls: int) -> float:
-    started = time.perf_counter()
-    for i in range(calls):
-        fn(i)
-    return (time.perf_counter() - started) / calls
-
-
-async def time_async(fn: AsyncFn, calls: int) -> float:
-    started = time.perf_counter()
-    for i in range(calls):
-        await fn(i)
-    return (time.perf_counter() - started) / calls
 
 
 def measure(rounds: int, calls: int) -> dict[str, dict[str, list[float]]]:

@@ -70,18 +70,66 @@ def run_remote_chunk(payload: bytes, items: bytes) -> bytes:
     return encode_outcome(outcome)
 
 
-class DaskEngine:
+class _ClusterEngine:
+    """What the Dask and Ray engines share: a task per chunk, answered through a future's
+    done-callback onto `results`; the cluster reschedules a dead worker's tasks itself."""
+
+    target = 0.05  # seconds per task: a task costs about a millisecond to schedule
+    engine = ""  # "Dask" or "Ray", for messages
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self.results: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
+        self.pending: dict[int, Any] = {}  # chunk number -> the task, while in flight
+
+    def track(self, number: int, task: Any, future: Any) -> None:
+        self.pending[number] = task
+        future.add_done_callback(lambda done: self._done(number, done))
+
+    def _done(self, number: int, future: Any) -> None:
+        self.pending.pop(number, None)  # in flight no more: nothing to cancel
+        cause = self.failure(future)
+        if cause is None:
+            self.results.put((number, future))
+            return
+        message = f"the {self.engine} task of this item failed: {type(cause).__name__}: {cause}"
+        self.results.put((number, WorkerCrashedError(message)))
+
+    def failure(self, future: Any) -> BaseException | None:
+        """Why the finished task failed, or None."""
+        raise NotImplementedError
+
+    def decode(self, answer: Any) -> Outcome:
+        return decode_outcome(answer.result())
+
+    def supervise(self, inflight: dict[int, Any]) -> list[tuple[int, Exception]]:
+        return []
+
+    def cancel(self, tasks: list[Any]) -> None:
+        raise NotImplementedError
+
+    def shutdown(self) -> None:
+        """Close what this engine started for the map."""
+
+    def close(self, *, clean: bool) -> None:
+        try:
+            if not clean and self.pending:
+                self.cancel(list(self.pending.values()))
+        finally:
+            self.pending.clear()
+            self.shutdown()
+
+
+class DaskEngine(_ClusterEngine):
     """One map's tasks on a `distributed.Client`: the caller's, one connected to an
     address, or a `LocalCluster` of `workers` processes started for the map."""
 
-    target = 0.05  # seconds per task: a task costs about a millisecond to schedule
+    engine = "Dask"
 
     def __init__(self, payload: bytes, workers: int, client: Any = None) -> None:
         import distributed
 
-        self.payload = payload
-        self.results: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
-        self._futures: dict[int, Any] = {}
+        super().__init__(payload)
         self._cluster: Any = None
         self._own_client = client is None or isinstance(client, str)
         if client is None:
@@ -99,55 +147,38 @@ class DaskEngine:
 
     def submit(self, number: int, items: list[Any]) -> None:
         future = self.client.submit(run_remote_chunk, self.payload, encode_items(items), pure=False)
-        self._futures[number] = future
-        future.add_done_callback(lambda done: self._done(number, done))
+        self.track(number, future, future)
 
-    def _done(self, number: int, future: Any) -> None:
-        self._futures.pop(number, None)  # in flight no more: nothing to cancel
-        self.results.put((number, self._answer(future)))
-
-    def _answer(self, future: Any) -> Any:
+    def failure(self, future: Any) -> BaseException | None:
         if future.status == "finished":
-            return future
+            return None
         try:
-            cause = future.exception(timeout=5)
+            cause: BaseException | None = future.exception(timeout=5)
         except Exception as exc:  # cancelled, or the scheduler is gone
             cause = exc
-        return WorkerCrashedError(
-            f"the Dask task of this item failed: {type(cause).__name__}: {cause}"
-        )
+        return cause
 
-    def decode(self, answer: Any) -> Outcome:
-        return decode_outcome(answer.result())
+    def cancel(self, tasks: list[Any]) -> None:
+        self.client.cancel(tasks)
 
-    def supervise(self, inflight: dict[int, Any]) -> list[tuple[int, Exception]]:
-        return []  # Dask reschedules a dead worker's tasks itself
-
-    def close(self, *, clean: bool) -> None:
-        try:
-            if not clean and self._futures:
-                self.client.cancel(list(self._futures.values()))
-        finally:
-            self._futures.clear()
-            if self._own_client:
-                self.client.close()
-            if self._cluster is not None:
-                self._cluster.close()
+    def shutdown(self) -> None:
+        if self._own_client:
+            self.client.close()
+        if self._cluster is not None:
+            self._cluster.close()
 
 
-class RayEngine:
+class RayEngine(_ClusterEngine):
     """One map's tasks on Ray: the running Ray (the caller's `ray.init`, left running),
     one at `address`, or a local Ray of `workers` CPUs started for the map and shut down
     after it."""
 
-    target = 0.05
+    engine = "Ray"
 
     def __init__(self, payload: bytes, workers: int, address: str | None = None) -> None:
         import ray
 
-        self.payload = payload
-        self.results: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
-        self._refs: dict[int, Any] = {}
+        super().__init__(payload)
         self._own = False
         if not ray.is_initialized():
             ray.init(
@@ -162,34 +193,20 @@ class RayEngine:
 
     def submit(self, number: int, items: list[Any]) -> None:
         ref = self._task.remote(self.payload, encode_items(items))
-        self._refs[number] = ref
-        ref.future().add_done_callback(lambda done: self._done(number, done))
+        self.track(number, ref, ref.future())
 
-    def _done(self, number: int, future: Any) -> None:
-        self._refs.pop(number, None)
-        error = future.exception()
-        if error is None:
-            self.results.put((number, future))
-            return
-        crashed = WorkerCrashedError(
-            f"the Ray task of this item failed: {type(error).__name__}: {error}"
-        )
-        self.results.put((number, crashed))
+    def failure(self, future: Any) -> BaseException | None:
+        error: BaseException | None = future.exception()
+        return error
 
-    def decode(self, answer: Any) -> Outcome:
-        return decode_outcome(answer.result())
-
-    def supervise(self, inflight: dict[int, Any]) -> list[tuple[int, Exception]]:
-        return []  # Ray retries a dead worker's tasks itself
-
-    def close(self, *, clean: bool) -> None:
+    def cancel(self, tasks: list[Any]) -> None:
         import ray
 
-        try:
-            if not clean:
-                for ref in list(self._refs.values()):
-                    ray.cancel(ref, force=True)
-        finally:
-            self._refs.clear()
-            if self._own:
-                ray.shutdown()
+        for ref in tasks:
+            ray.cancel(ref, force=True)
+
+    def shutdown(self) -> None:
+        import ray
+
+        if self._own:
+            ray.shutdown()

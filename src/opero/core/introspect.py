@@ -38,9 +38,7 @@ def _opero_codes() -> dict[CodeType, int]:
         codes: dict[CodeType, int] = {}
         for factory in (
             decorators._sync_wrapper,
-            decorators._sync_budget_wrapper,
             decorators._async_wrapper,
-            decorators._async_budget_wrapper,
         ):
             for code in _nested(factory, "wrapper"):
                 codes[code] = _FIRST

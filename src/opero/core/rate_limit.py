@@ -28,6 +28,7 @@ import time
 from typing import Any, Protocol
 
 from opero.core import testing_state
+from opero.core.events import RATE_LIMIT_WAIT, current_call
 
 
 class RateLimiter(Protocol):
@@ -268,8 +269,6 @@ class RateLimitStep:
     def report_wait(self, waited: float) -> None:
         """An observed attempt waited `waited` seconds for its turn (reported from 1 ms)."""
         if waited >= 0.001 and self.observer is not None:
-            from opero.core.events import RATE_LIMIT_WAIT, current_call
-
             self.observer.emit(RATE_LIMIT_WAIT, current_call.get(), delay=waited)
 
 

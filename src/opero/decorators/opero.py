@@ -221,33 +221,14 @@ def _no_cache_info() -> CacheInfo:
 def _sync_wrapper(
     func: Callable[..., Any], policy: RetryPolicy, name: str, divert: Observer
 ) -> Callable[..., Any]:
-    if policy.budget is not None:
-        return _sync_budget_wrapper(func, policy, name, divert, policy.budget.record_call)
+    # With a retry budget, each call adds to it before its first attempt.
+    record = policy.budget.record_call if policy.budget is not None else None
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if divert.on:
             return divert.pipeline(*args, **kwargs)
-        try:
-            return func(*args, **kwargs)
-        except Exception as exc:
-            failure = exc
-        return retry_sync(policy, name, func, args, kwargs, failure)
-
-    return wrapper
-
-
-def _sync_budget_wrapper(
-    func: Callable[..., Any],
-    policy: RetryPolicy,
-    name: str,
-    divert: Observer,
-    record: Callable[[], None],
-) -> Callable[..., Any]:
-    # Each call adds to the retry budget before its first attempt.
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if divert.on:
-            return divert.pipeline(*args, **kwargs)
-        record()
+        if record is not None:
+            record()
         try:
             return func(*args, **kwargs)
         except Exception as exc:
@@ -260,32 +241,13 @@ def _sync_budget_wrapper(
 def _async_wrapper(
     func: Callable[..., Awaitable[Any]], policy: RetryPolicy, name: str, divert: Observer
 ) -> Callable[..., Any]:
-    if policy.budget is not None:
-        return _async_budget_wrapper(func, policy, name, divert, policy.budget.record_call)
+    record = policy.budget.record_call if policy.budget is not None else None
 
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         if divert.on:
             return await divert.pipeline(*args, **kwargs)
-        try:
-            return await func(*args, **kwargs)
-        except Exception as exc:
-            failure = exc
-        return await retry_async(policy, name, func, args, kwargs, failure)
-
-    return wrapper
-
-
-def _async_budget_wrapper(
-    func: Callable[..., Awaitable[Any]],
-    policy: RetryPolicy,
-    name: str,
-    divert: Observer,
-    record: Callable[[], None],
-) -> Callable[..., Any]:
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if divert.on:
-            return await divert.pipeline(*args, **kwargs)
-        record()
+        if record is not None:
+            record()
         try:
             return await func(*args, **kwargs)
         except Exception as exc:
