@@ -571,6 +571,6 @@ def test_ordered_imap_behind_a_slow_item_pulls_a_bounded_window(mode: str) -> No
         if len(seen) == 5:
             break
     assert seen == [0, 1, 2, 3, 4]
-    # 4 rounds of 2 chunks per worker ahead of item 0, plus what was in flight then;
+    # At most 2 chunks per worker ahead of the item awaited (with slack);
     # without the window the other worker runs thousands of items in those 0.5 s.
     assert next(pulled) <= 4 * 4 * 4 + 4 * 4 + 8

@@ -279,8 +279,9 @@ class Dispatcher:
         self.limit = 2 * workers
         self.cache = cache
         # For an ordered stream: the next index its consumer waits for. Results that
-        # finish ahead of it wait in the consumer's memory, so new chunks stop once that
-        # many are 4 rounds of chunks ahead (a slow item must not let the buffer grow).
+        # finish ahead of it wait in the consumer's memory, so no chunk is taken that
+        # would reach further ahead than the in-flight bound (2 chunks per worker): a
+        # slow item must not let that buffer, or the pull from a generator, grow.
         self.low = low
         self.items = iter(items)
         self.source = enumerate(self.items)  # with the cache: item by item
@@ -326,8 +327,8 @@ class Dispatcher:
             self.number += 1
 
     def _too_far_ahead(self) -> bool:
-        low = self.low
-        return low is not None and self.taken - low() >= 4 * self.limit * self.sizer.size
+        low, size = self.low, self.sizer.size
+        return low is not None and self.taken + size - low() > self.limit * size
 
     def _take(self, chunk: _Chunk) -> Iterator[Batch]:
         cache, size = self.cache, self.sizer.size
