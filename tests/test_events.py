@@ -367,6 +367,48 @@ def test_current_attempt_sync_async_thread_and_nested(no_sleep: None) -> None:
     assert current_attempt() is None
 
 
+@pytest.mark.parametrize(
+    "guard",
+    [
+        {"circuit_breaker": True},
+        {"max_concurrency": 2},
+        {"retry_if_result": lambda result: result is None},
+    ],
+    ids=["breaker", "bulkhead", "result-check"],
+)
+async def test_current_attempt_when_the_guard_makes_the_first_attempt(
+    no_sleep: None, guard: dict[str, Any]
+) -> None:
+    # With a guard and no fallback, the first attempt runs in the guard's frame, which
+    # is also each retry's frame: only the outer one counts as the first attempt.
+    seen: list[Any] = []
+
+    @opero(cache=False, retries=0)
+    def inner() -> int | None:
+        return current_attempt()
+
+    @opero(cache=False, retries=3, **guard)
+    def sync_call() -> str:
+        seen.append((current_attempt(), inner()))
+        if len(seen) < 3:
+            raise ConnectionError("again")
+        return "ok"
+
+    @opero(cache=False, retries=3, **guard)
+    async def async_call() -> str:
+        seen.append((current_attempt(), inner()))
+        if len(seen) < 3:
+            raise ConnectionError("again")
+        return "ok"
+
+    assert sync_call() == "ok"
+    assert seen == [(1, 1), (2, 1), (3, 1)]
+    seen.clear()
+    assert await async_call() == "ok"
+    assert seen == [(1, 1), (2, 1), (3, 1)]
+    assert current_attempt() is None
+
+
 async def test_call_id_inside_the_call_matches_its_events_and_flows_into_tasks() -> None:
     seen: list[Event] = []
     inside: list[str | None] = []

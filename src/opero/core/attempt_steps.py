@@ -16,19 +16,27 @@ only after the call returned, when the rate limit has nothing left to do.
   its outcome; no slot within `max_concurrency_wait` is `BulkheadFullError`.
 - **Result check**: a result `retry_if_result` accepts becomes `ResultRejectedError`, an
   exception like any other to the breaker and to the retry step (which always retries it).
+
+Without `arg_fallback`, the guard is also the call's wrapper (`WholeCall`): it makes the
+first attempt in its own frame and hands a failure to the retry step, which retries the
+guarded attempt alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Hashable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+from opero.core.breaker import CLOSED
+from opero.core.retry import retry_async, retry_sync
 from opero.exceptions import BulkheadFullError, ResultRejectedError, RetryPredicateError
 
 if TYPE_CHECKING:
     from opero.core.breaker import Breaker, BreakerSet
     from opero.core.bulkhead import Bulkhead
+    from opero.core.events import Observer
     from opero.core.fallback import FallbackParameter
+    from opero.core.retry import RetryPolicy
 
 
 # Our own load shedding and a bug in a predicate say nothing about the service.
@@ -51,17 +59,16 @@ class ResultCheck:
         self.predicate = predicate
         self.name = name
 
-    def judge(self, result: Any, predicate: Callable[[Any], object]) -> None:
-        """Raise `ResultRejectedError` if `predicate` (this check's) rejects `result`."""
-        try:
-            rejected = predicate(result)
-        except Exception as bug:
-            raise RetryPredicateError(None, bug, option="retry_if_result") from bug
-        if rejected:
-            raise ResultRejectedError(
-                f"{self.name}(): retry_if_result rejected the result (a {type(result).__name__})",
-                result,
-            )
+    def bug(self, bug: Exception) -> RetryPredicateError:
+        """The error for a predicate that raised `bug` itself."""
+        return RetryPredicateError(None, bug, option="retry_if_result")
+
+    def rejection(self, result: Any) -> ResultRejectedError:
+        """The error for a result the predicate rejected."""
+        return ResultRejectedError(
+            f"{self.name}(): retry_if_result rejected the result (a {type(result).__name__})",
+            result,
+        )
 
 
 class Guard:
@@ -131,76 +138,136 @@ class Guard:
     # the bulkhead's token deque and the result predicate are used directly, without a
     # method call each.
 
-    def wrap_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+    def wrap_sync(
+        self, func: Callable[..., Any], call: WholeCall | None = None
+    ) -> Callable[..., Any]:
         guarded, single, slots, predicate = self._parts()
         find, wait_for_slot, check = self.breaker_for, self.wait_for_slot, self.check
         take = slots.tokens.pop if slots is not None else None
         put = slots.tokens.append if slots is not None else None
         waiters = slots.waiters if slots is not None else None
+        policy, name, divert, again, record = _whole_call(call)
 
-        def attempt(*args: Any, **kwargs: Any) -> Any:
-            breaker = None
-            if guarded:
-                breaker = single or find(args, kwargs)
-                breaker.before()
-            if take is not None:
-                try:
-                    take()
-                except IndexError:
-                    wait_for_slot(breaker)
+        def attempt(*args: Any, **kwargs: Any) -> Any:  # noqa: PLR0912 - unrolled
+            if divert is not None and divert.on:
+                return divert.pipeline(*args, **kwargs)
+            if record is not None:
+                record()
             try:
-                result = func(*args, **kwargs)
-                if predicate is not None:
-                    assert check is not None
-                    check.judge(result, predicate)
-            except BaseException as exc:
+                breaker = None
+                if guarded:
+                    breaker = single or find(args, kwargs)
+                    if breaker.state_code != CLOSED:  # open or half-open: ask it
+                        breaker.before()
+                if take is not None:
+                    try:
+                        take()
+                    except IndexError:
+                        wait_for_slot(breaker)
+                try:
+                    result = func(*args, **kwargs)
+                    if predicate is not None:
+                        assert check is not None
+                        try:
+                            rejected = predicate(result)
+                        except Exception as bug:
+                            raise check.bug(bug) from bug
+                        if rejected:
+                            raise check.rejection(result)
+                except BaseException as exc:
+                    if breaker is not None:
+                        _report(breaker, exc)
+                    raise
+                finally:
+                    if put is not None:
+                        put(None)
+                        if waiters:
+                            slots.hand_over()
                 if breaker is not None:
-                    _report(breaker, exc)
-                raise
-            finally:
-                if put is not None:
-                    put(None)
-                    if waiters:
-                        slots.hand_over()
-            if breaker is not None:
-                breaker.success()
-            return result
+                    breaker.success()
+                return result
+            except Exception as exc:
+                if policy is None:  # an attempt only: the retry step is outside
+                    raise
+                failure = exc
+            return retry_sync(policy, name, again, args, kwargs, failure)
 
         return attempt
 
-    def wrap_async(self, func: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+    def wrap_async(
+        self, func: Callable[..., Awaitable[Any]], call: WholeCall | None = None
+    ) -> Callable[..., Any]:
         guarded, single, slots, predicate = self._parts()
         find, wait_for_slot, check = self.breaker_for, self.wait_for_slot_async, self.check
         take = slots.tokens.pop if slots is not None else None
         put = slots.tokens.append if slots is not None else None
         waiters = slots.waiters if slots is not None else None
+        policy, name, divert, again, record = _whole_call(call)
 
-        async def attempt(*args: Any, **kwargs: Any) -> Any:
-            breaker = None
-            if guarded:
-                breaker = single or find(args, kwargs)
-                breaker.before()
-            if take is not None:
-                try:
-                    take()
-                except IndexError:
-                    await wait_for_slot(breaker)
+        async def attempt(*args: Any, **kwargs: Any) -> Any:  # noqa: PLR0912 - unrolled
+            if divert is not None and divert.on:
+                return await divert.pipeline(*args, **kwargs)
+            if record is not None:
+                record()
             try:
-                result = await func(*args, **kwargs)
-                if predicate is not None:
-                    assert check is not None
-                    check.judge(result, predicate)
-            except BaseException as exc:  # a cancellation is not the service's failure
+                breaker = None
+                if guarded:
+                    breaker = single or find(args, kwargs)
+                    if breaker.state_code != CLOSED:  # open or half-open: ask it
+                        breaker.before()
+                if take is not None:
+                    try:
+                        take()
+                    except IndexError:
+                        await wait_for_slot(breaker)
+                try:
+                    result = await func(*args, **kwargs)
+                    if predicate is not None:
+                        assert check is not None
+                        try:
+                            rejected = predicate(result)
+                        except Exception as bug:
+                            raise check.bug(bug) from bug
+                        if rejected:
+                            raise check.rejection(result)
+                except BaseException as exc:  # a cancellation is not the service's failure
+                    if breaker is not None:
+                        _report(breaker, exc)
+                    raise
+                finally:
+                    if put is not None:
+                        put(None)
+                        if waiters:
+                            slots.hand_over()
                 if breaker is not None:
-                    _report(breaker, exc)
-                raise
-            finally:
-                if put is not None:
-                    put(None)
-                    if waiters:
-                        slots.hand_over()
-            if breaker is not None:
-                breaker.success()
-            return result
+                    breaker.success()
+                return result
+            except Exception as exc:
+                if policy is None:
+                    raise
+                failure = exc
+            return await retry_async(policy, name, again, args, kwargs, failure)
 
         return attempt
+
+
+class WholeCall(NamedTuple):
+    """What turns the guard's attempt into the whole call when there is no fallback step:
+    the observed pipeline's divert check, the retry budget's count, and the retry step
+    after a failed first attempt, which retries `again` (the guarded attempt alone).
+
+    The first attempt then runs in the wrapper's own frame: one function call (for async
+    functions one coroutine) fewer on every successful call."""
+
+    policy: RetryPolicy
+    name: str
+    divert: Observer
+    again: Callable[..., Any]
+
+
+def _whole_call(call: WholeCall | None) -> tuple[Any, ...]:
+    if call is None:
+        return None, None, None, None, None
+    budget = call.policy.budget
+    record = budget.record_call if budget is not None else None
+    return call.policy, call.name, call.divert, call.again, record

@@ -48,6 +48,8 @@ _BUCKETS = 10
 _CLOSED = 0
 _OPEN = 1
 _HALF_OPEN = 2
+# `Breaker.state_code` of a closed breaker: the guard asks only breakers that are not.
+CLOSED = _CLOSED
 
 
 def _is_number(value: object) -> bool:
@@ -168,12 +170,12 @@ class Breaker:
         "_probes_ok",
         "_probes_started",
         "_rate",
-        "_state",
         "_threshold",
         "_width",
         "listener",
         "name",
         "options",
+        "state_code",
     )
 
     def __init__(
@@ -198,7 +200,7 @@ class Breaker:
         self._factor = float(options.backoff_factor)
         self._max_duration = float(options.max_open_duration)
         self._probes = options.half_open_probes
-        self._state = _CLOSED
+        self.state_code = _CLOSED
         self._consecutive = 0
         self._next_duration = self._open_duration  # duration of the next trip
         self._opened_until = 0.0
@@ -228,7 +230,7 @@ class Breaker:
         An open breaker whose open duration has passed reports ``"half_open"``: the next
         `before()` lets a probe through.
         """
-        state = self._state
+        state = self.state_code
         if state == _CLOSED:
             return "closed"
         if state == _OPEN and self._clock() < self._opened_until:
@@ -243,11 +245,11 @@ class Breaker:
         `half_open_probes` probes in this phase and refuse the rest (``retry_in=0.0``).
         An allowed attempt must be followed by `success()`, `failure()` or `release()`.
         """
-        if self._state == _CLOSED:  # an attribute read is atomic: no lock needed
+        if self.state_code == _CLOSED:  # an attribute read is atomic: no lock needed
             return
         half_opened = False
         with self._lock:
-            state = self._state
+            state = self.state_code
             if state == _CLOSED:
                 return
             if state == _OPEN:
@@ -255,7 +257,7 @@ class Breaker:
                 if retry_in > 0:
                     message = f"circuit breaker for {self._label} is open; retry in {retry_in:.3f}s"
                     raise CircuitOpenError(message, retry_in=retry_in)
-                self._state = _HALF_OPEN
+                self.state_code = _HALF_OPEN
                 self._probes_started = 0
                 self._probes_ok = 0
                 half_opened = True
@@ -278,7 +280,7 @@ class Breaker:
         probe; once `half_open_probes` have succeeded, closes the breaker and forgets
         its history, so the next trip lasts `open_duration` again.
         """
-        if self._state == _CLOSED:
+        if self.state_code == _CLOSED:
             if self._rate is None:
                 self._consecutive = 0  # a single store: atomic, no lock needed
                 return
@@ -296,7 +298,7 @@ class Breaker:
         lock = self._lock
         lock.acquire()  # cheaper than `with` on this hot path; try/finally is free
         try:
-            state = self._state
+            state = self.state_code
             if state == _CLOSED:
                 self._consecutive = 0
                 epoch = now // self._width
@@ -326,7 +328,7 @@ class Breaker:
         lock = self._lock
         lock.acquire()
         try:
-            state = self._state
+            state = self.state_code
             if state == _CLOSED:
                 consecutive = self._consecutive = self._consecutive + 1
                 rate = self._rate
@@ -358,10 +360,10 @@ class Breaker:
         For example it was cancelled or raised a `BaseException`. Half-open: gives the
         probe slot back so another caller may probe. Closed: does nothing.
         """
-        if self._state != _HALF_OPEN:  # an attribute read is atomic: no lock needed
+        if self.state_code != _HALF_OPEN:  # an attribute read is atomic: no lock needed
             return
         with self._lock:
-            if self._state == _HALF_OPEN and self._probes_started > self._probes_ok:
+            if self.state_code == _HALF_OPEN and self._probes_started > self._probes_ok:
                 self._probes_started -= 1
 
     # Internals; called with the lock held.
@@ -394,11 +396,11 @@ class Breaker:
         duration = self._next_duration
         self._next_duration = min(duration * self._factor, self._max_duration)
         self._opened_until = now + duration
-        self._state = _OPEN
+        self.state_code = _OPEN
         self._consecutive = 0
 
     def _close(self, now: float) -> None:
-        self._state = _CLOSED
+        self.state_code = _CLOSED
         self._consecutive = 0
         self._next_duration = self._open_duration
         self._probes_started = self._probes_ok = 0

@@ -17,7 +17,7 @@ from typing import Any
 
 from opero.core.events import current_call
 
-_FIRST, _RETRY, _FALLBACK, _THREAD = range(4)
+_FIRST, _RETRY, _FALLBACK, _THREAD, _GUARD = range(5)
 _codes: dict[CodeType, int] | None = None
 
 
@@ -32,7 +32,7 @@ def _nested(factory: Any, name: str) -> list[CodeType]:
 def _opero_codes() -> dict[CodeType, int]:
     global _codes  # noqa: PLW0603 - built once, on first use
     if _codes is None:
-        from opero.core import fallback, retry, timeout
+        from opero.core import attempt_steps, fallback, retry, timeout
         from opero.decorators import opero as decorators
 
         codes: dict[CodeType, int] = {}
@@ -42,6 +42,9 @@ def _opero_codes() -> dict[CodeType, int]:
         ):
             for code in _nested(factory, "wrapper"):
                 codes[code] = _FIRST
+        for method in (attempt_steps.Guard.wrap_sync, attempt_steps.Guard.wrap_async):
+            for code in _nested(method, "attempt"):
+                codes[code] = _GUARD
         codes[retry.retry_sync.__code__] = _RETRY
         codes[retry.retry_async.__code__] = _RETRY
         codes[fallback.call_with_fallback_sync.__code__] = _FALLBACK
@@ -60,6 +63,13 @@ def attempt_at(frame: FrameType | None) -> int | None:
             if kind == _RETRY:
                 attempts = frame.f_locals.get("attempts")
                 return attempts if isinstance(attempts, int) and attempts > 0 else 1
+            if kind == _GUARD:
+                # The guard is the wrapper (a first attempt) when it holds the retry
+                # policy; otherwise it is one attempt inside the retry or fallback loop.
+                if frame.f_locals.get("policy") is None:
+                    frame = frame.f_back
+                    continue
+                return 1
             if kind == _THREAD:
                 job = frame.f_locals.get("job")
                 return getattr(job, "attempt", None)

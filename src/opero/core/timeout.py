@@ -132,8 +132,12 @@ class AttemptTimeout:
             task = current_task(loop)
             assert task is not None
             # As asyncio.timeout does: the task's cancel requests before this attempt.
-            entry: list[Any] = [loop.time() + limit, task, False, task.cancelling()]
-            watch.add(entry, loop)
+            deadline = loop.time() + limit
+            entry: list[Any] = [deadline, task, False, task.cancelling()]
+            key = id(entry)
+            watch.entries[key] = entry  # `_Watch.add`, inlined: the hot path
+            if deadline < watch.when:
+                watch.schedule(loop, deadline)
             try:
                 return await func(*args, **kwargs)
             except asyncio.CancelledError:
@@ -148,7 +152,7 @@ class AttemptTimeout:
                 if entry[_EXPIRED]:  # it expired but ended otherwise: withdraw our cancel
                     task.uncancel()
                 else:
-                    watch.entries.pop(id(entry), None)
+                    watch.entries.pop(key, None)  # gone if it expired (see above)
 
         return attempt
 
@@ -197,12 +201,7 @@ class _Watch:
         self.entries: dict[int, list[Any]] = {}
         self.when = math.inf
 
-    def add(self, entry: list[Any], loop: asyncio.AbstractEventLoop) -> None:
-        self.entries[id(entry)] = entry
-        if entry[_DEADLINE] < self.when:
-            self._schedule(loop, entry[_DEADLINE])
-
-    def _schedule(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+    def schedule(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         handle = self.handle_ref() if self.handle_ref is not None else None
         if handle is not None:
             handle.cancel()
@@ -226,7 +225,7 @@ class _Watch:
                 following = deadline
         self.when = math.inf
         if following < math.inf:
-            self._schedule(loop, following)
+            self.schedule(loop, following)
 
 
 _watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Watch] = weakref.WeakKeyDictionary()

@@ -89,7 +89,17 @@ def decorate(func: Callable[P, R], options: OperoOptions) -> Callable[P, R]:
     observed = _retrying(observed_attempt, observed_policy, fallback, name, is_async=is_async)
     observer.pipeline = observed_calls(observed, observer, is_async=is_async)
     policy = RetryPolicy(options, total, budget)
-    wrapper = _retrying(attempt, policy, fallback, name, is_async=is_async, divert=observer)
+    wrapper: Callable[..., Any]
+    guard = extras.get("guard")
+    if guard is not None and fallback is None:
+        # The guard makes the first attempt in the wrapper's own frame (one frame fewer).
+        from opero.core.attempt_steps import WholeCall
+
+        call = WholeCall(policy, name, observer, attempt)
+        guarded = extras["guarded"]
+        wrapper = guard.wrap_async(guarded, call) if is_async else guard.wrap_sync(guarded, call)
+    else:
+        wrapper = _retrying(attempt, policy, fallback, name, is_async=is_async, divert=observer)
     if total is not None:
         # The deadline is set as the call enters, before the first fallback value.
         wrapper = total.wrap_async(wrapper) if is_async else total.wrap_sync(wrapper)
@@ -150,12 +160,15 @@ def _attempt_steps(
         from opero.core.attempt_steps import ResultCheck
 
         check = ResultCheck(options.retry_if_result, name)
+    for step in steps:
+        attempt = step.wrap_async(attempt) if is_async else step.wrap_sync(attempt)
     if breakers is not None or bulkhead is not None or check is not None:
         from opero.core.attempt_steps import Guard
 
-        steps.append(Guard(breakers, fallback, bulkhead, check))
-    for step in steps:
-        attempt = step.wrap_async(attempt) if is_async else step.wrap_sync(attempt)
+        # Outermost, and kept with the attempt it guards: see `_retrying`.
+        extras["guard"] = guard = Guard(breakers, fallback, bulkhead, check)
+        extras["guarded"] = attempt
+        attempt = guard.wrap_async(attempt) if is_async else guard.wrap_sync(attempt)
     return attempt, extras
 
 
