@@ -367,6 +367,26 @@ def test_current_attempt_sync_async_thread_and_nested(no_sleep: None) -> None:
     assert current_attempt() is None
 
 
+def test_current_attempt_in_a_sync_attempt_abandoned_at_its_timeout(no_sleep: None) -> None:
+    seen: list[tuple[str, int | None]] = []
+    finished = threading.Event()
+
+    @opero(cache=False, retries=1, timeout=0.05)
+    def slow_then_fast() -> str:
+        if not seen:
+            seen.append(("start", current_attempt()))
+            time.sleep(0.3)  # abandoned at 0.05 s; the caller has moved on by now
+            seen.append(("after", current_attempt()))
+            finished.set()
+            return "late"
+        seen.append(("retry", current_attempt()))
+        return "ok"
+
+    assert slow_then_fast() == "ok"
+    assert finished.wait(5)
+    assert seen == [("start", 1), ("retry", 2), ("after", 1)]
+
+
 @pytest.mark.parametrize(
     "guard",
     [

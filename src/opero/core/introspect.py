@@ -5,8 +5,8 @@ success path sets nothing: walking out from the caller, the first opero frame me
 which attempt runs — a retry loop holds its attempt count, the wrappers and the fallback
 loop make first attempts. The nearest opero call wins, so a decorated function called
 inside another one sees its own attempts. Coroutines awaiting each other are on the
-stack too while they run. A sync attempt run on a timeout thread carries the number its
-caller computed.
+stack too while they run. A sync attempt run on a timeout thread goes on from the frame
+of its caller, which waits for it.
 """
 
 from __future__ import annotations
@@ -70,9 +70,13 @@ def attempt_at(frame: FrameType | None) -> int | None:
                     frame = frame.f_back
                     continue
                 return 1
-            if kind == _THREAD:
+            if kind == _THREAD:  # carry on from the frame that handed the attempt over
                 job = frame.f_locals.get("job")
-                return getattr(job, "attempt", None)
+                caller = getattr(job, "caller", None)
+                if caller is None:  # abandoned at its timeout: `attempt` was set first
+                    return getattr(job, "attempt", None)
+                frame = caller
+                continue
             return 1
         frame = frame.f_back
     return None
