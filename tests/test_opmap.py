@@ -574,3 +574,241 @@ def test_ordered_imap_behind_a_slow_item_pulls_a_bounded_window(mode: str) -> No
     # At most 2 chunks per worker ahead of the item awaited (with slack);
     # without the window the other worker runs thousands of items in those 0.5 s.
     assert next(pulled) <= 4 * 4 * 4 + 4 * 4 + 8
+
+
+# --- tiny items: the direct call, chunk sizes, chunks in flight ------------------------
+
+from opero.core.direct import direct_of  # noqa: E402 - next to the tests that use it
+
+
+def _outcomes_both_ways(func: Any, options: dict[str, Any], *args: Any) -> list[Any]:
+    """A chunk run through the item pipeline and through its direct call, with the
+    attempts each made."""
+    from opero.concurrency.worker import Job, run_items
+    from opero.core.options import build_options
+    from opero.decorators.opero import decorate
+
+    validated = build_options("opmap", {"cache": False, **options})
+    pipeline = decorate(func, validated)
+    direct = direct_of(pipeline)
+    assert direct is not None
+    runs = []
+    for way in (None, direct):
+        _attempts.clear()
+        job = Job(pipeline, args, {}, is_async=False, direct=way)
+        outcome = run_items(job, list(range(6)))
+        failures = {
+            offset: (type(error), str(error), type(error.__cause__), type(error.__context__))
+            for offset, error in outcome.failures.items()
+        }
+        runs.append((outcome.results, failures, dict(_attempts)))
+    return runs
+
+
+_attempts: dict[int, int] = {}
+
+
+def _flaky(x: int, fail_until: int = 2) -> int:
+    """Fails its first `fail_until` attempts for odd items; 4 raises a TypeError."""
+    _attempts[x] = _attempts.get(x, 0) + 1
+    if x == 4:
+        raise TypeError("four")
+    if x % 2 and _attempts[x] <= fail_until:
+        raise ConnectionError(f"attempt {_attempts[x]} of {x}")
+    return x * 10
+
+
+@pytest.mark.parametrize(
+    ("options", "args"),
+    [
+        ({"retries": 0}, ()),
+        ({"retries": 1, "min_delay": 0}, ()),  # odd items still fail, after 2 attempts
+        ({"retries": 3, "min_delay": 0}, ()),  # odd items succeed on their third attempt
+        ({"retries": 3, "min_delay": 0, "retry_on": TypeError}, ()),  # no retry of odd ones
+        ({"retries": 3, "min_delay": 0}, (1,)),  # an extra argument
+    ],
+)
+def test_the_direct_call_gives_what_the_pipeline_gives(
+    options: dict[str, Any], args: tuple[Any, ...]
+) -> None:
+    through_pipeline, direct = _outcomes_both_ways(_flaky, options, *args)
+    assert direct == through_pipeline
+
+
+def _keyed(x: int, key: Any = ("a", "b")) -> int:
+    return x
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({}, True),
+        ({"retries": 5, "min_delay": 0.5, "retry_on": ValueError, "jitter": False}, True),
+        ({"on_event": print, "stats": True}, True),  # observed: the pipeline, per item
+        ({"cache": True}, False),
+        ({"timeout": 1.0}, False),
+        ({"total_timeout": 5.0}, False),
+        ({"rate_limit": 10.0}, False),
+        ({"circuit_breaker": True}, False),
+        ({"max_concurrency": 2}, False),
+        ({"retry_if_result": lambda result: result is None}, False),
+        ({"retry_budget": 0.2}, False),
+        ({"arg_fallback": "key"}, False),
+    ],
+)
+def test_the_direct_call_is_for_pipelines_with_no_step_around_the_attempt(
+    options: dict[str, Any], expected: bool
+) -> None:
+    from opero.core.options import build_options
+    from opero.decorators.opero import decorate
+
+    validated = build_options("opmap", {"cache": False, **options})
+    assert (direct_of(decorate(_keyed, validated)) is not None) is expected
+
+    async def asynchronous(x: int, key: Any = ("a", "b")) -> int:
+        return x
+
+    assert direct_of(decorate(asynchronous, validated)) is None
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_items_know_their_attempt(mode: str) -> None:
+    from opero import current_attempt
+
+    def attempt_of(x: int) -> int | None:
+        attempt = current_attempt()
+        if x % 2 and attempt == 1:
+            raise ConnectionError(x)  # odd items succeed on their retry
+        return attempt
+
+    mapped = opmap(mode=mode, workers=2, cache=False, retries=1, min_delay=0, progress=False)
+    assert mapped(attempt_of)(range(4)) == [1, 2, 1, 2]
+
+
+def test_direct_items_are_observed_from_the_moment_anyone_listens() -> None:
+    from opero import add_hook
+
+    seen: list[str] = []
+    removers = []
+
+    def listens_at_three(x: int) -> int:
+        if x == 3:
+            removers.append(add_hook(lambda event: seen.append(event.kind)))
+        return x
+
+    mapped = opmap(mode="thread", workers=1, chunksize=10, cache=False, **FAST)(listens_at_three)
+    try:
+        assert mapped(range(6)) == list(range(6))
+    finally:
+        for remove in removers:
+            remove()
+    # Items 4 and 5; item 3 began unobserved, as a call through the pipeline would.
+    assert seen.count("call_started") == seen.count("call_succeeded") == 2
+
+
+def test_chunks_of_a_known_length_start_as_pool_map_and_grow_for_fast_items() -> None:
+    from opero.concurrency.pool import MAX_CHUNK, MAX_FIRST_CHUNK, MAX_GROWN_CHUNK, ChunkSizer
+
+    sizer = ChunkSizer(workers=2, total=10_000, fixed=None, target=0.02)
+    assert sizer.size == 1250  # a quarter of each worker's share, as Pool.map
+    big = ChunkSizer(workers=2, total=10**7, fixed=None, target=0.02)
+    assert big.size == MAX_FIRST_CHUNK
+    big.observe(1024, 0.0001)  # 0.1 µs an item
+    assert big.size == MAX_GROWN_CHUNK
+    big.observe(10, 0.1)  # 10 ms an item: about 20 ms a chunk
+    assert big.size == 2
+    stream = ChunkSizer(workers=2, total=None, fixed=None, target=0.02)
+    assert stream.size == 1
+    stream.observe(10, 0.000001)
+    assert stream.size == MAX_CHUNK  # a stream never goes past it
+    assert ChunkSizer(workers=2, total=10_000, fixed=7, target=0.02).size == 7
+
+
+class _SilentEngine:
+    """Takes chunks and never answers: what the dispatcher has in flight stays put."""
+
+    target = 0.02
+
+    def __init__(self) -> None:
+        import queue
+
+        self.results: Any = queue.SimpleQueue()
+        self.sent: list[list[Any]] = []
+
+    def submit(self, number: int, items: list[Any]) -> None:
+        self.sent.append(items)
+
+
+@pytest.mark.parametrize(
+    ("depth", "sized", "expected"), [(4, True, 8), (2, True, 4), (2, False, 4)]
+)
+def test_chunks_in_flight(depth: int, sized: bool, expected: int) -> None:
+    from opero.concurrency.pool import ChunkSizer, Dispatcher
+
+    items = range(100_000)
+    engine = _SilentEngine()
+    total = len(items) if sized else None
+    sizer = ChunkSizer(workers=2, total=total, fixed=16, target=0.02)
+    dispatcher = Dispatcher(engine, items if sized else iter(items), sizer, 2, depth=depth)
+    assert list(dispatcher._fill()) == []
+    assert len(engine.sent) == expected
+    assert engine.sent[1] == list(range(16, 32))
+
+
+def test_process_mode_has_4_chunks_per_worker_in_flight_for_a_known_length(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opero.concurrency import pool
+
+    depths = []
+    original = pool.Dispatcher.__init__
+
+    def spy(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        depths.append(self.limit)
+
+    monkeypatch.setattr(pool.Dispatcher, "__init__", spy)
+    mapped = opmap(mode="process", workers=2, **FAST)(square)
+    assert mapped(range(10)) == [x * x for x in range(10)]
+    assert list(mapped.imap(iter(range(10)))) == [x * x for x in range(10)]
+    assert depths == [8, 4]  # a generator keeps 2 chunks per worker
+
+
+def test_process_mode_runs_on_the_stdlib_pool_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opero.concurrency import pool
+
+    kinds = []
+    original = pool.ProcessEngine.__init__
+
+    def spy(self: Any, job: Any, workers: int, kind: str = "twat-mp") -> None:
+        kinds.append(kind)
+        original(self, job, workers, kind)
+
+    monkeypatch.setattr(pool.ProcessEngine, "__init__", spy)
+    monkeypatch.setattr(pool, "PROCESS_POOL", "stdlib")
+    with pytest.raises(OpmapError) as caught:
+        opmap(mode="process", workers=2, **FAST)(fails_on_three)(range(6))
+    assert caught.value.results[4:] == [40, 50]
+    assert kinds == ["stdlib"]
+
+
+def test_workers_leave_the_timeout_module_alone_when_no_item_has_a_timeout() -> None:
+    # Importing it (~1-8 ms) held up each worker's first chunk; a timeout imports it in
+    # the parent, before the fork (test_process_mode_attempt_timeout_... covers those).
+    code = textwrap.dedent(
+        """
+        import sys
+        from opero import opmap
+
+        def loaded(x):
+            return "opero.core.timeout" in sys.modules
+
+        if __name__ == "__main__":
+            mapped = opmap(mode="process", workers=2, progress=False)
+            print(loaded(0), mapped(loaded)(range(4)))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "False [False, False, False, False]"  # parent, workers

@@ -28,8 +28,16 @@ import queue
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from typing import Any, NamedTuple
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Sequence,
+)
+from typing import Any, NamedTuple, cast
 
 from opero.concurrency.worker import (
     SLOT_FIELDS,
@@ -46,7 +54,13 @@ from opero.exceptions import WorkerCrashedError
 
 PROCESS_POOL = "twat-mp"  # or "stdlib": measured side by side in benchmarks/bench_opmap.py
 TICK = 0.1  # seconds between supervision rounds while waiting for results
-MAX_CHUNK = 1024
+MAX_CHUNK = 1024  # items in a chunk of a stream
+# Items in a chunk of an input of known length: before any chunk was measured (with 4
+# chunks per worker in flight in process mode, an input of up to 8,192 items per worker
+# goes out at once, as with Pool.map), and once items are measured fast (each chunk
+# costs a round trip between processes, which tiny items do not cover).
+MAX_FIRST_CHUNK = 2048
+MAX_GROWN_CHUNK = 8192
 
 
 class ChunkSizer:
@@ -55,11 +69,17 @@ class ChunkSizer:
     def __init__(self, workers: int, total: int | None, fixed: int | None, target: float) -> None:
         self.fixed = fixed
         self.target = target
-        self.cap = MAX_CHUNK if total is None else max(1, math.ceil(total / (workers * 4)))
-        self.cap = min(self.cap, MAX_CHUNK)
-        # A known length starts where multiprocessing.Pool.map stays (a quarter of each
-        # worker's share); a stream starts at 1 and grows as items are measured.
-        self.size = fixed or (1 if total is None else self.cap)
+        if total is None:
+            # A stream starts at 1 and grows as items are measured.
+            self.cap = MAX_CHUNK
+            self.size = fixed or 1
+        else:
+            # A known length starts where multiprocessing.Pool.map stays (a quarter of
+            # each worker's share), at most MAX_FIRST_CHUNK; once items are measured,
+            # chunks of fast items grow up to that quarter (at most MAX_GROWN_CHUNK).
+            share = max(1, math.ceil(total / (workers * 4)))
+            self.cap = min(share, MAX_GROWN_CHUNK)
+            self.size = fixed or min(share, MAX_FIRST_CHUNK)
 
     def observe(self, items: int, elapsed: float) -> None:
         if self.fixed is not None or items == 0:
@@ -248,22 +268,23 @@ class ParentCache:
 class Batch(NamedTuple):
     """Outcomes of some items: input indices, values (None where failed), failures by
     position in this batch. The consumers handle whole chunks at once: per-item work in
-    the parent is what makes a map of tiny items slow."""
+    the parent is what makes a map of tiny items slow. Without a cache, `indices` is a
+    `range` (a chunk is a run of consecutive items), so results go in by slice."""
 
-    indices: list[int]
+    indices: Sequence[int]
     values: list[Any]
     failures: dict[int, Any]
 
 
 class _Chunk(NamedTuple):
-    indices: list[int]
+    indices: Sequence[int]  # a range without a cache
     items: list[Any]
-    keys: list[Any]  # cache keys (process mode), MISSING where uncached
+    keys: list[Any] | None  # cache keys (process mode), MISSING where uncached; None: no cache
 
 
 class Dispatcher:
-    """Feeds chunks to an engine, at most 2 per worker queued, and yields `Batch`es in
-    completion order; sends again what a dead worker took down with it."""
+    """Feeds chunks to an engine, at most `depth` (2) per worker queued, and yields
+    `Batch`es in completion order; sends again what a dead worker took down with it."""
 
     def __init__(
         self,
@@ -273,15 +294,17 @@ class Dispatcher:
         workers: int,
         cache: ParentCache | None = None,
         low: Callable[[], int] | None = None,
+        depth: int = 2,
     ) -> None:
         self.engine = engine
         self.sizer = sizer
-        self.limit = 2 * workers
+        self.limit = depth * workers
         self.cache = cache
         # For an ordered stream: the next index its consumer waits for. Results that
         # finish ahead of it wait in the consumer's memory, so no chunk is taken that
-        # would reach further ahead than the in-flight bound (2 chunks per worker): a
-        # slow item must not let that buffer, or the pull from a generator, grow.
+        # would reach further ahead than the in-flight bound (`depth` chunks per
+        # worker): a slow item must not let that buffer, or the pull from a generator,
+        # grow.
         self.low = low
         self.items = iter(items)
         self.source = enumerate(self.items)  # with the cache: item by item
@@ -317,9 +340,12 @@ class Dispatcher:
                 return
             if self.redo:
                 chunk = self.redo.popleft()
+            elif self.cache is None:
+                chunk = self._slice()
+                if not chunk.items:
+                    continue
             else:
-                chunk = _Chunk([], [], [])
-                yield from self._take(chunk)
+                chunk = yield from self._take()
                 if not chunk.items:
                     continue
             self.engine.submit(self.number, chunk.items)
@@ -330,17 +356,22 @@ class Dispatcher:
         low, size = self.low, self.sizer.size
         return low is not None and self.taken + size - low() > self.limit * size
 
-    def _take(self, chunk: _Chunk) -> Iterator[Batch]:
+    def _slice(self) -> _Chunk:
+        """The next run of items, sliced off the input at C speed (no cache)."""
+        size, start = self.sizer.size, self.taken
+        items = list(itertools.islice(self.items, size))
+        self.taken = start + len(items)
+        if len(items) < size:
+            self.exhausted = True
+        return _Chunk(range(start, self.taken), items, None)
+
+    def _take(self) -> Generator[Batch, None, _Chunk]:
+        """The next chunk, item by item through the cache; yields the hits met."""
         cache, size = self.cache, self.sizer.size
-        if cache is None:
-            chunk.items.extend(itertools.islice(self.items, size))
-            count = len(chunk.items)
-            chunk.indices.extend(range(self.taken, self.taken + count))
-            chunk.keys.extend(itertools.repeat(MISSING, count))
-            self.taken += count
-            if count < size:
-                self.exhausted = True
-            return
+        assert cache is not None
+        chunk = _Chunk([], [], [])
+        indices, items, keys = cast(list[int], chunk.indices), chunk.items, chunk.keys
+        assert keys is not None
         for index, item in self.source:
             self.taken = index + 1
             verdict, value = cache.lookup(item)
@@ -351,12 +382,13 @@ class Dispatcher:
             if verdict == "wait":
                 cache.waiting[value].append(index)
                 continue
-            chunk.indices.append(index)
-            chunk.items.append(item)
-            chunk.keys.append(value)  # MISSING when uncached
-            if len(chunk.items) >= size:
-                return
+            indices.append(index)
+            items.append(item)
+            keys.append(value)  # MISSING when uncached
+            if len(items) >= size:
+                return chunk
         self.exhausted = True
+        return chunk
 
     def _outcome(self, chunk: _Chunk, answer: Any) -> Outcome:
         if isinstance(answer, BaseException):  # the engine failed the chunk as a whole
@@ -379,13 +411,16 @@ class Dispatcher:
             if len(chunk.items) == 1:
                 yield from self._settle(chunk, Outcome([None], {0: error}, 0))
                 continue
-            for single in zip(chunk.indices, chunk.items, chunk.keys, strict=True):
-                self.redo.append(_Chunk([single[0]], [single[1]], [single[2]]))
+            keys = itertools.repeat(None) if chunk.keys is None else chunk.keys
+            for index, item, key in zip(chunk.indices, chunk.items, keys, strict=False):
+                self.redo.append(
+                    _Chunk(range(index, index + 1), [item], None if key is None else [key])
+                )
 
     def _settle(self, chunk: _Chunk, outcome: Outcome) -> Iterator[Batch]:
         yield Batch(chunk.indices, outcome.results, outcome.failures)
         cache = self.cache
-        if cache is None:
+        if cache is None or chunk.keys is None:
             return
         for offset, key in enumerate(chunk.keys):
             if key is MISSING:
@@ -417,7 +452,7 @@ def engine_for(mode: str, job: Any, workers: int, where: Any = None) -> Iterator
 
         engine = RayEngine(job, workers, where)
     elif mode == "process":
-        engine = ProcessEngine(job, workers)
+        engine = ProcessEngine(job, workers, PROCESS_POOL)
     else:
         engine = ThreadEngine(job, workers)
     clean = False

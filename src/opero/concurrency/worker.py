@@ -17,11 +17,13 @@ import asyncio
 import os
 import pickle
 import signal
+import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from opero.core.direct import Direct, run_direct
 from opero.exceptions import RemoteError, WorkerCrashedError
 
 # Slot layout in the shared array: [pid, chunk number + 1 (0: none)] per worker.
@@ -53,7 +55,7 @@ class Outcome:
 class Job:
     """What every worker needs: the item pipeline and the map's extra arguments."""
 
-    __slots__ = ("args", "is_async", "kwargs", "pipeline")
+    __slots__ = ("args", "direct", "is_async", "kwargs", "pipeline")
 
     def __init__(
         self,
@@ -62,11 +64,13 @@ class Job:
         kwargs: dict[str, Any],
         *,
         is_async: bool,
+        direct: Direct | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.args = args
         self.kwargs = kwargs
         self.is_async = is_async
+        self.direct = None if is_async else direct
 
 
 def run_items(
@@ -83,21 +87,23 @@ def run_items(
     results: list[Any] = []
     failures: dict[int, BaseException] = {}
     append = results.append
-    pipeline, args, kwargs = job.pipeline, job.args, job.kwargs
+    pipeline, args, kwargs, direct = job.pipeline, job.args, job.kwargs, job.direct
     runner = asyncio.Runner() if job.is_async else None
     remaining = iter(items)
     try:
         while True:
             try:
-                if runner is not None:
+                if direct is not None:
+                    failed = run_direct(direct, pipeline, remaining, args, kwargs, append)
+                    if failed is not None:
+                        failures[len(results)] = failed if portable is None else portable(failed)
+                        append(None)
+                        continue
+                elif runner is not None:
                     for item in remaining:
                         append(runner.run(pipeline(item, *args, **kwargs)))
-                elif args or kwargs:
-                    for item in remaining:
-                        append(pipeline(item, *args, **kwargs))
                 else:
-                    for item in remaining:
-                        append(pipeline(item))
+                    _run_pipeline(pipeline, remaining, args, kwargs, append)
             except Exception as exc:
                 failures[len(results)] = exc if portable is None else portable(exc)
                 append(None)
@@ -116,6 +122,22 @@ def run_items(
         if runner is not None:
             runner.close()
     return Outcome(results, failures, time.perf_counter() - started)
+
+
+def _run_pipeline(
+    pipeline: Callable[..., Any],
+    remaining: Iterator[Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    append: Callable[[Any], None],
+) -> None:
+    """Sync items, each through the pipeline. What raises here fails the item."""
+    if args or kwargs:
+        for item in remaining:
+            append(pipeline(item, *args, **kwargs))
+    else:
+        for item in remaining:
+            append(pipeline(item))
 
 
 def run_chunk_local(job: Job, items: list[Any]) -> Outcome:
@@ -138,10 +160,12 @@ def init_process_worker(job: Job, slots: Any, capacity: int) -> None:
     """
     global _job, _slots, _slot_base  # noqa: PLW0603 - per-process worker state
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # This process is ours: a sync attempt timeout can interrupt the item for real.
-    from opero.core.timeout import use_alarm
-
-    use_alarm()
+    # This process is ours: a sync attempt timeout can interrupt the item for real. The
+    # pipeline has one only if the parent imported the timeout module before the fork;
+    # importing it here would delay each worker's first chunk by the import.
+    timeout = sys.modules.get("opero.core.timeout")
+    if timeout is not None:
+        timeout.use_alarm()
     import multiprocessing
 
     identity = multiprocessing.current_process()._identity

@@ -32,7 +32,7 @@ def _nested(factory: Any, name: str) -> list[CodeType]:
 def _opero_codes() -> dict[CodeType, int]:
     global _codes  # noqa: PLW0603 - built once, on first use
     if _codes is None:
-        from opero.core import attempt_steps, fallback, retry, timeout
+        from opero.core import attempt_steps, direct, fallback, retry, timeout
         from opero.decorators import opero as decorators
 
         codes: dict[CodeType, int] = {}
@@ -42,6 +42,7 @@ def _opero_codes() -> dict[CodeType, int]:
         ):
             for code in _nested(factory, "wrapper"):
                 codes[code] = _FIRST
+        codes[direct.run_direct.__code__] = _FIRST  # @opmap's items, called directly
         for method in (attempt_steps.Guard.wrap_sync, attempt_steps.Guard.wrap_async):
             for code in _nested(method, "attempt"):
                 codes[code] = _GUARD

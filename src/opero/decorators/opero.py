@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Unpack, cast, overload
 
 from opero.core.cache import CacheInfo, build_cache_step
+from opero.core.direct import Direct
 from opero.core.events import NEVER_OBSERVED, Hook, Observer
 from opero.core.fallback import (
     FallbackParameter,
@@ -110,6 +111,13 @@ def decorate(func: Callable[P, R], options: OperoOptions) -> Callable[P, R]:
         # The outermost step: a hit returns before fallback, retry or rate limit.
         wrapper = step.wrap_async(wrapper) if is_async else step.wrap_sync(wrapper)
     functools.update_wrapper(wrapper, func)
+    # Nothing around the first attempt but the retries: @opmap may call `func` itself.
+    bare = attempt is func and fallback is None and budget is None and total is None
+    wrapper.__opero_direct__ = (  # type: ignore[attr-defined]
+        Direct(func, functools.partial(retry_sync, policy, name, func), observer)
+        if bare and step is None and not is_async
+        else None
+    )
     wrapper.__opero_rate_limit__ = extras.get("rate_limit")  # type: ignore[attr-defined]
     wrapper.__opero_breakers__ = extras.get("breakers")  # type: ignore[attr-defined]
     wrapper.cache_clear = step.clear if step else _no_cache_clear  # type: ignore[attr-defined]

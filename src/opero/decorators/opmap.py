@@ -25,6 +25,7 @@ from typing import (
 )
 
 from opero.core.cache import CacheInfo, build_cache_step
+from opero.core.direct import direct_of
 from opero.core.options import OperoKwargs, OperoOptions, build_options
 from opero.decorators.opero import _display_name, _is_async, decorate
 from opero.exceptions import OpmapError
@@ -32,6 +33,8 @@ from opero.exceptions import OpmapError
 if TYPE_CHECKING:
     from opero.concurrency.pool import Batch
     from opero.concurrency.progress import Progress
+    from opero.concurrency.worker import Job
+    from opero.core.direct import Direct
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -210,9 +213,12 @@ class _Map:
         self.is_async = _is_async(func)
         self.cache_step = None
         self.func = func
+        self.direct: Direct | None = None
         if settings.mode == "process" or settings.mode in CLUSTER_MODES:
             # The cache lives in the parent; workers run the rest of the pipeline.
             self.pipeline = decorate(func, options._replace(cache=False))
+            if settings.mode == "process":
+                self.direct = direct_of(self.pipeline)
             if options.cache:
                 self.cache_step = build_cache_step(func, options)
             if settings.mode == "process":
@@ -224,10 +230,18 @@ class _Map:
                 )
         else:
             self.pipeline = decorate(func, options)
+            if settings.mode == "thread":
+                self.direct = direct_of(self.pipeline)
 
     def workers(self) -> int:
         assert self.settings.workers is not None
         return self.settings.workers
+
+    def job(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Job:
+        """What the pool workers run (process and thread mode)."""
+        from opero.concurrency.worker import Job
+
+        return Job(self.pipeline, args, kwargs, is_async=self.is_async, direct=self.direct)
 
     def outcomes(
         self,
@@ -237,7 +251,6 @@ class _Map:
         low: Callable[[], int] | None = None,
     ) -> Iterator[Batch]:
         from opero.concurrency.pool import ChunkSizer, Dispatcher, ParentCache, engine_for
-        from opero.concurrency.worker import Job
 
         mode, workers = self.settings.mode, self.workers()
         cache = None if self.cache_step is None else ParentCache(self.cache_step, args, kwargs)
@@ -249,11 +262,16 @@ class _Map:
             where = self.settings.client if mode == "dask" else self.settings.address
             engines = engine_for(mode, remote, workers, where)
         else:
-            job = Job(self.pipeline, args, kwargs, is_async=self.is_async)
-            engines = engine_for(mode, job, workers)
+            engines = engine_for(mode, self.job(args, kwargs), workers)
+        total = _length(items)
+        # Process mode keeps up to 4 chunks per worker of an input of known length in
+        # flight: a small input goes out at once, as Pool.map sends it, and no chunk
+        # waits for the round trip of another (which costs more than a chunk of tiny
+        # items). A stream keeps 2 per worker: its pull from a generator stays small.
+        depth = 4 if mode == "process" and total is not None else 2
         with engines as engine:
-            sizer = ChunkSizer(workers, _length(items), self.settings.chunksize, engine.target)
-            yield from Dispatcher(engine, items, sizer, workers, cache, low)
+            sizer = ChunkSizer(workers, total, self.settings.chunksize, engine.target)
+            yield from Dispatcher(engine, items, sizer, workers, cache, low, depth)
 
     def aoutcomes(
         self, items: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -273,8 +291,11 @@ class _Map:
         if self.settings.ordered:
             results: list[Any] = [None] * sum(len(batch.indices) for batch in batches)
             for indices, values, failed in batches:
-                for index, value in zip(indices, values, strict=True):
-                    results[index] = value
+                if type(indices) is range and indices.step == 1 and len(values) == len(indices):
+                    results[indices.start : indices.stop] = values  # a chunk: no loop
+                else:
+                    for index, value in zip(indices, values, strict=True):
+                        results[index] = value
                 for offset, error in failed.items():
                     results[indices[offset]] = failures[indices[offset]] = error
         else:
