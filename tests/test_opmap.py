@@ -576,6 +576,35 @@ def test_ordered_imap_behind_a_slow_item_pulls_a_bounded_window(mode: str) -> No
     assert next(pulled) <= 4 * 4 * 4 + 4 * 4 + 8
 
 
+@pytest.mark.parametrize("source", ["sync", "async"])
+async def test_async_ordered_imap_behind_a_slow_item_pulls_a_bounded_window(source: str) -> None:
+    pulled = itertools.count()
+
+    def endless() -> Any:
+        for n in itertools.count():
+            next(pulled)
+            yield n
+
+    async def aendless() -> Any:
+        for n in endless():
+            yield n
+
+    async def slow_first(x: int) -> int:
+        await asyncio.sleep(0.3 if x == 0 else 0)
+        return x
+
+    mapped = opmap(mode="async", workers=4, cache=False, progress=False)(slow_first)
+    seen = []
+    async for value in mapped.imap(endless() if source == "sync" else aendless()):
+        seen.append(value)
+        if len(seen) == 5:
+            break
+    assert seen == [0, 1, 2, 3, 4]
+    # At most 2 items per worker ahead of the item awaited (with slack); without the
+    # window the other workers run through thousands of items in those 0.3 s.
+    assert next(pulled) <= 2 * 4 + 5 + 4
+
+
 # --- tiny items: the direct call, chunk sizes, chunks in flight ------------------------
 
 from opero.core.direct import direct_of  # noqa: E402 - next to the tests that use it

@@ -274,11 +274,15 @@ class _Map:
             yield from Dispatcher(engine, items, sizer, workers, cache, low, depth)
 
     def aoutcomes(
-        self, items: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        items: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        low: Callable[[], int] | None = None,
     ) -> AsyncIterator[Batch]:
         from opero.concurrency.pool import dispatch_async
 
-        return dispatch_async(self.pipeline, items, args, kwargs, self.workers())
+        return dispatch_async(self.pipeline, items, args, kwargs, self.workers(), low)
 
     def progress(self, items: Any) -> Progress:
         from opero.concurrency.progress import Progress
@@ -451,7 +455,8 @@ def _async_wrappers(state: _Map) -> Callable[..., Any]:
         progress = state.progress(items)
         failures: dict[int, Any] = {}
         reorder = _Reorder() if state.settings.ordered else None
-        stream = state.aoutcomes(items, args, kwargs)
+        low = (lambda: reorder.following) if reorder is not None else None
+        stream = state.aoutcomes(items, args, kwargs, low)
         try:
             async for batch in stream:
                 progress.update(len(batch.indices), len(batch.failures))
