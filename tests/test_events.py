@@ -387,6 +387,58 @@ def test_current_attempt_in_a_sync_attempt_abandoned_at_its_timeout(no_sleep: No
     assert seen == [("start", 1), ("retry", 2), ("after", 1)]
 
 
+def test_a_slow_stack_read_at_the_timeout_does_not_turn_it_into_a_success(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The caller decides "timed out" before it reads its attempt number for the
+    # abandoned thread: however long that read takes, the attempt does not come back.
+    from opero.core import introspect
+
+    real = introspect.attempt_at
+
+    def slow_read(frame: Any) -> int | None:
+        time.sleep(0.3)  # e.g. the first read, importing modules on a busy machine
+        return real(frame)
+
+    monkeypatch.setattr(introspect, "attempt_at", slow_read)
+
+    @opero(cache=False, retries=0, timeout=0.02)
+    def slow() -> str:
+        time.sleep(0.1)
+        return "late"
+
+    with pytest.raises(TimeoutError):
+        slow()
+
+
+def test_current_attempt_in_an_abandoned_retry_never_reads_the_next_one(no_sleep: None) -> None:
+    # The thread reads its number from the caller's waiting frames; once the caller
+    # gives up they move on to the next attempt, which must not leak into the answer.
+    wrong: list[int | None] = []
+
+    @opero(cache=False, retries=5, timeout=0.002, jitter=False)
+    def overruns_its_first_retry() -> int | None:
+        attempt = current_attempt()
+        if attempt == 1:
+            raise ConnectionError("again")
+        if attempt == 2:  # abandoned at 2 ms; keeps asking while the caller moves on
+            end = time.perf_counter() + 0.004
+            while time.perf_counter() < end:
+                if (now := current_attempt()) != 2:
+                    wrong.append(now)
+        return attempt
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: widen the race
+    try:
+        for _ in range(150):
+            overruns_its_first_retry()
+    finally:
+        sys.setswitchinterval(interval)
+    time.sleep(0.05)  # the last abandoned attempt finishes
+    assert wrong == []
+
+
 @pytest.mark.parametrize(
     "guard",
     [

@@ -841,3 +841,74 @@ def test_workers_leave_the_timeout_module_alone_when_no_item_has_a_timeout() -> 
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "False [False, False, False, False]"  # parent, workers
+
+
+def test_a_timeout_first_used_inside_a_worker_still_stops_the_work() -> None:
+    # The parent never imported the timeout module: the worker turns SIGALRM on at
+    # the first timed attempt, so no attempt is left running on a helper thread.
+    code = textwrap.dedent(
+        """
+        import sys, threading, time
+        from opero import opero, opmap
+
+        def item(x):
+            @opero(cache=False, retries=0, timeout=0.05)
+            def slow():
+                time.sleep(0.3)
+                return "finished"
+
+            try:
+                slow()
+            except TimeoutError:
+                pass
+            return sorted(thread.name for thread in threading.enumerate())
+
+        if __name__ == "__main__":
+            mapped = opmap(mode="process", workers=1, cache=False, progress=False)(item)
+            print("opero.core.timeout" in sys.modules, mapped([1])[0])
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "False ['MainThread']"
+
+
+def test_the_direct_call_lets_go_of_a_retried_items_first_failure() -> None:
+    import gc
+    import weakref
+
+    class Payload:
+        pass
+
+    refs: list[weakref.ref[Payload]] = []
+    calls: dict[int, int] = {}
+
+    def item(x: int) -> Any:
+        calls[x] = calls.get(x, 0) + 1
+        if x == 0 and calls[x] == 1:
+            payload = Payload()  # held by this failed frame, through the traceback
+            refs.append(weakref.ref(payload))
+            raise ConnectionError("first attempt")
+        if x == 3:
+            gc.collect()
+            return refs[0]() is None
+        return x
+
+    mapped = opmap(
+        mode="thread", workers=1, chunksize=10, cache=False, retries=1, min_delay=0, progress=False
+    )(item)
+    assert mapped(range(5)) == [0, 1, 2, True, 4]
+
+
+async def test_an_items_own_cancelled_error_stops_the_async_map() -> None:
+    async def item(x: int) -> int:
+        if x == 1:
+            future = asyncio.get_running_loop().create_future()
+            future.cancel()
+            await future  # CancelledError, while the worker task itself is not cancelled
+        return x
+
+    mapped = opmap(mode="async", workers=2, cache=False, progress=False)(item)
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(mapped(range(4)), 5)

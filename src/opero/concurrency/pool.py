@@ -494,8 +494,11 @@ async def dispatch_async(
                     await done.put(Batch([index], [None], {0: exc}))
                 else:
                     await done.put(Batch([index], [value], {}))
-        except asyncio.CancelledError:
-            raise  # the consumer stopped: it is not waiting for this worker's end
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the consumer stopped: it is not waiting for this worker's end
+            fatal.append(exc)  # an item's own CancelledError: it stops the map
         except BaseException as exc:
             fatal.append(exc)
         await done.put(None)

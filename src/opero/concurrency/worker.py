@@ -17,7 +17,6 @@ import asyncio
 import os
 import pickle
 import signal
-import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -148,6 +147,8 @@ def run_chunk_local(job: Job, items: list[Any]) -> Outcome:
 # --- process workers -------------------------------------------------------------------
 
 _job: Job | None = None
+# True in an @opmap process worker (set by init_process_worker): a process opero owns.
+POOL_WORKER = False
 _slots: Any = None
 _slot_base = 0
 
@@ -158,14 +159,12 @@ def init_process_worker(job: Job, slots: Any, capacity: int) -> None:
     The parent owns interruption: on Ctrl-C (which a terminal sends to the whole process
     group) it terminates the pool, so workers ignore SIGINT instead of dying mid-item.
     """
-    global _job, _slots, _slot_base  # noqa: PLW0603 - per-process worker state
+    global _job, _slots, _slot_base, POOL_WORKER  # noqa: PLW0603 - per-process worker state
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # This process is ours: a sync attempt timeout can interrupt the item for real. The
-    # pipeline has one only if the parent imported the timeout module before the fork;
-    # importing it here would delay each worker's first chunk by the import.
-    timeout = sys.modules.get("opero.core.timeout")
-    if timeout is not None:
-        timeout.use_alarm()
+    # timeout module turns SIGALRM on at its first timed attempt here (importing it now
+    # would delay each worker's first chunk by the import).
+    POOL_WORKER = True
     import multiprocessing
 
     identity = multiprocessing.current_process()._identity

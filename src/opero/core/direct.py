@@ -45,8 +45,9 @@ def run_direct(
     Unless anyone listens to the pipeline's events, its first attempt is the bare call
     and a failure goes on to its retries (outside the `except`, as in the pipeline, so
     that a later exception is not chained to it). Returns the exception of the first
-    item that failed (the caller records it and calls again for the rest), or None:
-    raised, it would pass through the frame `direct.loop` adds and carry it.
+    item that failed (the caller records it and calls again for the rest), or None.
+    `current_attempt()` reads this function's frame as a first attempt's, as it reads
+    the pipeline's wrapper.
     """
     first, resume, observer = direct.first, direct.resume, direct.observer
     if args or kwargs:
@@ -61,6 +62,7 @@ def run_direct(
                 except Exception as exc:
                     failure = exc
                 append(resume((item, *args), kwargs, failure))
+                del failure  # its traceback holds the failed frame: not for the chunk
             except Exception as exc:
                 return exc
         return None
@@ -75,6 +77,7 @@ def run_direct(
             except Exception as exc:
                 failure = exc
             append(resume((item,), kwargs, failure))
+            del failure
         except Exception as exc:
             return exc
     return None

@@ -74,10 +74,13 @@ def attempt_at(frame: FrameType | None) -> int | None:
             if kind == _THREAD:  # carry on from the frame that handed the attempt over
                 job = frame.f_locals.get("job")
                 caller = getattr(job, "caller", None)
-                if caller is None:  # abandoned at its timeout: `attempt` was set first
+                if caller is None or getattr(job, "attempt_kept", True):
                     return getattr(job, "attempt", None)
-                frame = caller
-                continue
+                attempt = attempt_at(caller)
+                # Its caller gave up while we read its frames (which then moved on):
+                # the number it kept is the one. Else the frames were still waiting.
+                kept = getattr(job, "attempt_kept", True)
+                return getattr(job, "attempt", None) if kept else attempt
             return 1
         frame = frame.f_back
     return None

@@ -248,6 +248,7 @@ class _Job:
         "abandoned",
         "args",
         "attempt",
+        "attempt_kept",
         "caller",
         "context",
         "done",
@@ -268,7 +269,8 @@ class _Job:
         # For current_attempt() on the thread, which has not the caller's stack: the
         # frame that made the attempt (the step's caller), read only if asked.
         self.caller: FrameType | None = sys._getframe(3)
-        self.attempt: int | None = None  # the number, once `caller` is gone
+        self.attempt: int | None = None  # the number, once `caller` moves on
+        self.attempt_kept = False  # set once `attempt` is
         # Held until the thread has the outcome: a bare lock is far cheaper to make and
         # to wait on than a threading.Event (about 0.1 against 6 us here).
         self.done = _thread.allocate_lock()
@@ -309,14 +311,17 @@ class _ThreadRunner:
         try:
             if not job.done.acquire(True, limit):
                 with self._lock:
-                    if not job.finished:
-                        job.abandoned = True  # tells the thread nobody waits any more
+                    abandoned = job.abandoned = not job.finished
+                    if abandoned:  # tells the thread nobody waits any more
                         self.abandoned += 1
-                        # The caller's frames move on: keep their attempt number only.
-                        from opero.core.introspect import attempt_at
+                if abandoned:
+                    # The caller's frames move on once it raises: the attempt number
+                    # they hold now is kept first, for current_attempt() on the thread.
+                    from opero.core.introspect import attempt_at
 
-                        job.attempt = attempt_at(job.caller)
-                        raise step.error(limit)
+                    job.attempt = attempt_at(job.caller)
+                    job.attempt_kept = True
+                    raise step.error(limit)
         finally:
             job.caller = None
         error = job.error
@@ -377,11 +382,16 @@ class _Alarm:
     def usable(self) -> bool:
         # Not nested (one timer per process) and only on the main thread, where the
         # signal handler runs.
-        return (
-            self.enabled
-            and not self.armed
-            and threading.current_thread() is threading.main_thread()
-        )
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        if not self.enabled:
+            # Enabled on first use in an @opmap worker (the module may be imported
+            # there only when an item decorates a function with a timeout).
+            worker = sys.modules.get("opero.concurrency.worker")
+            if worker is None or not getattr(worker, "POOL_WORKER", False):
+                return False
+            self.enable()
+        return not self.armed
 
     def _fire(self, signum: int, frame: object) -> None:
         if self.armed:
