@@ -411,11 +411,10 @@ class Dispatcher:
             if len(chunk.items) == 1:
                 yield from self._settle(chunk, Outcome([None], {0: error}, 0))
                 continue
-            keys = itertools.repeat(None) if chunk.keys is None else chunk.keys
-            for index, item, key in zip(chunk.indices, chunk.items, keys, strict=False):
-                self.redo.append(
-                    _Chunk(range(index, index + 1), [item], None if key is None else [key])
-                )
+            for offset, (index, item) in enumerate(zip(chunk.indices, chunk.items, strict=True)):
+                # A cache key may be anything the user's cache_key returns, None too.
+                keys = None if chunk.keys is None else [chunk.keys[offset]]
+                self.redo.append(_Chunk(range(index, index + 1), [item], keys))
 
     def _settle(self, chunk: _Chunk, outcome: Outcome) -> Iterator[Batch]:
         yield Batch(chunk.indices, outcome.results, outcome.failures)
