@@ -232,10 +232,16 @@ def test_process_failure_modes_end_quickly_and_keep_the_rest() -> None:
     assert results[0] == 0
     assert results[6:] == [6, 7, 8, 9]
     remote = results[1]
-    assert isinstance(remote, RemoteError)
-    assert remote.type_name.endswith("TwoArgumentError")
-    assert "404: gone" in str(remote)
-    assert "Traceback" in remote.traceback_text
+    if isinstance(remote, TwoArgumentError):
+        # Importing `distributed` (test_dask.py) installs tblib's exception pickling
+        # process-wide: the exception then survives the trip and comes back as itself.
+        assert "tblib" in sys.modules
+        assert str(remote) == "404: gone"
+    else:
+        assert isinstance(remote, RemoteError)
+        assert remote.type_name.endswith("TwoArgumentError")
+        assert "404: gone" in str(remote)
+        assert "Traceback" in remote.traceback_text
     assert isinstance(results[2], WorkerCrashedError)
     assert "exited with code 3" in str(results[2])
     assert isinstance(results[3], WorkerCrashedError)
