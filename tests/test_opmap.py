@@ -19,6 +19,7 @@ import pytest
 
 from helpers import max_starts_in_window
 from opero import OpmapError, RemoteError, WorkerCrashedError, opmap
+from opero import opero as opero_
 
 FAST = {"retries": 0, "progress": False}
 MODES = ["process", "thread"]
@@ -918,3 +919,40 @@ async def test_an_items_own_cancelled_error_stops_the_async_map() -> None:
     mapped = opmap(mode="async", workers=2, cache=False, progress=False)(item)
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(mapped(range(4)), 5)
+
+
+def test_process_workers_send_their_events_to_the_parents_hooks() -> None:
+    from opero import Event, add_hook
+
+    global_seen: list[tuple[str, str, int]] = []
+    own_seen: list[str] = []
+    remove = add_hook(lambda event: global_seen.append((event.kind, event.function, os.getpid())))
+
+    @opero_(cache=False, retries=0)
+    def inner(x: int) -> int:
+        return x
+
+    def item(x: int) -> int:
+        if x == 3:
+            raise ValueError("three")
+        return inner(x) * 2
+
+    def own(event: Event) -> None:
+        own_seen.append(event.kind)
+
+    mapped = opmap(mode="process", workers=2, chunksize=2, cache=False, on_event=own, **FAST)(item)
+    try:
+        results = mapped(range(6))
+    except OpmapError as error:
+        results = error.results
+    finally:
+        remove()
+    assert results[:3] + results[4:] == [0, 2, 4, 8, 10]
+    assert {pid for _, _, pid in global_seen} == {os.getpid()}  # hooks ran in the parent
+    mapped_kinds = [kind for kind, function, _ in global_seen if function.endswith("item")]
+    assert mapped_kinds.count("call_started") == 6
+    assert mapped_kinds.count("call_succeeded") == 5
+    assert mapped_kinds.count("call_failed") == 1
+    assert sorted(own_seen) == sorted(mapped_kinds)  # on_event: the mapped function's
+    inner_kinds = [kind for kind, function, _ in global_seen if function.endswith("inner")]
+    assert inner_kinds.count("call_succeeded") == 5  # a nested function: global hooks only

@@ -371,3 +371,30 @@ def test_uninstall_during_a_call_lets_that_call_end_its_spans(traced: Traced) ->
     assert trace.get_current_span() is trace.INVALID_SPAN
     fetch()  # the hook left with the last call in flight
     assert len(traced.spans("call")) == 1
+
+
+def sleepy_item(x: int) -> int:
+    import time
+
+    time.sleep(0.05)
+    return x
+
+
+def test_process_mode_items_become_spans_in_the_parent_with_their_own_times(
+    traced: Traced,
+) -> None:
+    from opero import opmap
+
+    mapped = opmap(mode="process", workers=2, chunksize=2, cache=False, progress=False)
+    assert mapped(sleepy_item)(range(4)) == [0, 1, 2, 3]
+    calls = traced.spans("call")
+    assert len(calls) == 4
+    for call in calls:
+        assert call.start_time is not None
+        assert call.end_time is not None
+        # Timed in the worker, not at delivery (which would make them ~0 long).
+        assert call.end_time - call.start_time >= 40_000_000
+        (attempt,) = [span for span in traced.spans("attempt") if parent_id(span) == span_id(call)]
+        assert attempt.start_time is not None
+        assert attempt.end_time is not None
+        assert call.start_time <= attempt.start_time <= attempt.end_time <= call.end_time

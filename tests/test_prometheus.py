@@ -222,3 +222,21 @@ def test_the_default_registry_is_prometheus_clients() -> None:
         uninstall()
     labels = {"function": ping.__qualname__, "outcome": "success"}
     assert REGISTRY.get_sample_value(f"{namespace}_calls_total", labels) == 1
+
+
+def doubled(x: int) -> int:
+    if x == 2:
+        raise ValueError("two")
+    return x * 2
+
+
+def test_process_mode_items_count_in_the_parents_registry(registry: CollectorRegistry) -> None:
+    from opero import OpmapError, opmap
+
+    mapped = opmap(mode="process", workers=2, chunksize=1, cache=False, retries=0, progress=False)
+    with pytest.raises(OpmapError):
+        mapped(doubled)(range(5))
+    name = doubled.__qualname__
+    assert calls(registry, name, "success") == 4
+    assert calls(registry, name, "failure") == 1
+    assert attempts(registry, name, "success") == 4

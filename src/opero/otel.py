@@ -28,7 +28,6 @@ distro to export anything); ``import opero`` never does.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from contextvars import Token
 
@@ -85,6 +84,12 @@ class _Call:
         self.failed: Span | None = None
         self.failed_at = 0
         self.attempts = 0
+
+
+def _ns(event: Event) -> int:
+    """When the event happened, in ns: spans of @opmap process workers' items are
+    delivered in the parent after their chunk, and keep their own times."""
+    return int(event.time * 1e9)
 
 
 def _detach(token: Token[Context] | None) -> None:
@@ -148,7 +153,7 @@ class _Tracing:
             if kind == events.ATTEMPT_STARTED:
                 self._attempt_started(event, call)
             elif kind == events.ATTEMPT_SUCCEEDED:
-                self._attempt_succeeded(call)
+                self._attempt_succeeded(event, call)
             elif kind == events.ATTEMPT_FAILED:
                 self._attempt_failed(event, call)
             elif kind in (events.CALL_SUCCEEDED, events.CALL_FAILED):
@@ -164,7 +169,9 @@ class _Tracing:
             if self.closing:
                 return
             self.calls[event.call_id] = call
-        span = self.tracer.start_span(f"opero.call {event.function}", attributes=_base(event))
+        span = self.tracer.start_span(
+            f"opero.call {event.function}", attributes=_base(event), start_time=_ns(event)
+        )
         call.span = span
         call.token = otel_context.attach(trace.set_span_in_context(span))
 
@@ -175,7 +182,7 @@ class _Tracing:
         attributes = _base(event)
         attributes["opero.outcome"] = "success"
         attributes["opero.cache_hit"] = True
-        now = time.time_ns()
+        now = _ns(event)
         span = self.tracer.start_span(
             f"opero.cache_hit {event.function}", attributes=attributes, start_time=now
         )
@@ -192,18 +199,21 @@ class _Tracing:
             attributes["opero.fallback_index"] = event.fallback_index
         parent: Context = trace.set_span_in_context(call.span)
         span = self.tracer.start_span(
-            f"opero.attempt {event.function}", context=parent, attributes=attributes
+            f"opero.attempt {event.function}",
+            context=parent,
+            attributes=attributes,
+            start_time=_ns(event),
         )
         call.attempt = span
         call.attempt_token = otel_context.attach(trace.set_span_in_context(span, parent))
         call.attempts += 1
 
-    def _attempt_succeeded(self, call: _Call) -> None:
+    def _attempt_succeeded(self, event: Event, call: _Call) -> None:
         span = call.attempt
         if span is None:
             return
         span.set_attribute("opero.outcome", "success")
-        span.end()
+        span.end(end_time=_ns(event))
         _detach(call.attempt_token)
         call.attempt = call.attempt_token = None
 
@@ -214,7 +224,7 @@ class _Tracing:
         _fail(span, event.error)
         _detach(call.attempt_token)
         call.attempt = call.attempt_token = None
-        call.failed, call.failed_at = span, time.time_ns()
+        call.failed, call.failed_at = span, _ns(event)
 
     def _end_failed(self, call: _Call) -> None:
         if call.failed is not None:
@@ -249,7 +259,7 @@ class _Tracing:
             span.set_attribute("opero.outcome", "success")
         else:
             _fail(span, event.error)
-        span.end()
+        span.end(end_time=_ns(event))
         _detach(call.token)
         if leave:
             remove_hook(self)

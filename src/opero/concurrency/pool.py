@@ -295,8 +295,12 @@ class Dispatcher:
         cache: ParentCache | None = None,
         low: Callable[[], int] | None = None,
         depth: int = 2,
+        deliver: Callable[[list[Any]], None] | None = None,
     ) -> None:
         self.engine = engine
+        # Where the events a process worker sent back with a chunk go (the parent's
+        # observer of the function, which sends them to the parent's hooks).
+        self.deliver = deliver
         self.sizer = sizer
         self.limit = depth * workers
         self.cache = cache
@@ -417,6 +421,8 @@ class Dispatcher:
                 self.redo.append(_Chunk(range(index, index + 1), [item], keys))
 
     def _settle(self, chunk: _Chunk, outcome: Outcome) -> Iterator[Batch]:
+        if outcome.events and self.deliver is not None:  # before the results, as in-process
+            self.deliver(outcome.events)
         yield Batch(chunk.indices, outcome.results, outcome.failures)
         cache = self.cache
         if cache is None or chunk.keys is None:

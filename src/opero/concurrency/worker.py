@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from opero.core.direct import Direct, run_direct
+from opero.core.events import Event, forward_events
 from opero.exceptions import RemoteError, WorkerCrashedError
 
 # Slot layout in the shared array: [pid, chunk number + 1 (0: none)] per worker.
@@ -33,10 +34,11 @@ class Outcome:
     """A chunk's answer: results in item order, failures by offset, seconds spent.
 
     `fatal` holds a BaseException (not an Exception) raised by an item in a thread worker;
-    the parent re-raises it after stopping the map.
+    the parent re-raises it after stopping the map. `events` are those a process worker
+    collected for the parent to deliver to its hooks.
     """
 
-    __slots__ = ("elapsed", "failures", "fatal", "results")
+    __slots__ = ("elapsed", "events", "failures", "fatal", "results")
 
     def __init__(
         self,
@@ -49,6 +51,7 @@ class Outcome:
         self.failures = failures
         self.elapsed = elapsed
         self.fatal = fatal
+        self.events: list[Event] | None = None
 
 
 class Job:
@@ -149,6 +152,7 @@ def run_chunk_local(job: Job, items: list[Any]) -> Outcome:
 _job: Job | None = None
 # True in an @opmap process worker (set by init_process_worker): a process opero owns.
 POOL_WORKER = False
+_events: list[Event] = []  # a process worker's events of the chunk it runs
 _slots: Any = None
 _slot_base = 0
 
@@ -165,6 +169,9 @@ def init_process_worker(job: Job, slots: Any, capacity: int) -> None:
     # timeout module turns SIGALRM on at its first timed attempt here (importing it now
     # would delay each worker's first chunk by the import).
     POOL_WORKER = True
+    # Events go back to the parent with each chunk: hooks here are fork-time copies
+    # the parent never sees (metrics, exporters).
+    forward_events(_events)
     import multiprocessing
 
     identity = multiprocessing.current_process()._identity
@@ -186,6 +193,9 @@ def run_chunk_in_process(chunk_number: int, payload: bytes) -> bytes:
     assert _job is not None
     _slots[_slot_base + 1] = chunk_number + 1
     outcome = run_items(_job, items, portable_error)
+    if _events:
+        outcome.events = _events[:]
+        _events.clear()
     return encode_outcome(outcome)
 
 

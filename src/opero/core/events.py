@@ -175,11 +175,11 @@ class Observer:
 
     def emit(self, kind: str, info: CallInfo | None, **fields: Any) -> None:
         """Send one event to every hook, and count it."""
+        forward = _forwarded
         counts = self.counts
-        if counts is not None:
-            self._count(counts, kind, info)
-        listeners = self.listeners
-        if not listeners:
+        if forward is None and counts is not None:
+            self._count(counts, kind, info.fallback_index if info is not None else None)
+        if not self.listeners and forward is None:
             return
         event = Event(
             kind,
@@ -190,19 +190,38 @@ class Observer:
             **fields,
             time=time.time(),
         )
-        for hook in listeners:
+        if forward is not None:  # an @opmap worker process: the parent delivers it
+            forward.append(event)
+            return
+        self._send(event)
+
+    def deliver(self, events: Iterable[Event]) -> None:
+        """Count and send events that happened elsewhere (in an @opmap worker process),
+        as if emitted here. Events of other opero functions (called inside the items) go
+        to the global hooks only: their `on_event` hooks are not this observer's."""
+        counts = self.counts
+        for event in events:
+            if event.function != self.function:
+                self._send(event, _hub.hooks)
+                continue
+            if counts is not None:
+                self._count(counts, event.kind, event.fallback_index)
+            self._send(event, self.listeners)
+
+    def _send(self, event: Event, listeners: tuple[Hook, ...] | None = None) -> None:
+        for hook in self.listeners if listeners is None else listeners:
             try:
                 hook(event)
             except Exception as exc:  # a hook never breaks the call
                 _hub.hook_failed(hook, exc)
 
-    def _count(self, counts: _Counts, kind: str, info: CallInfo | None) -> None:
+    def _count(self, counts: _Counts, kind: str, fallback_index: int | None) -> None:
         with self._lock:
             if kind == CALL_STARTED:
                 counts.calls += 1
             elif kind == CALL_SUCCEEDED:
                 counts.successes += 1
-                if info is not None and info.fallback_index:
+                if fallback_index:
                     counts.fallbacks_used += 1
             elif kind == CALL_FAILED:
                 counts.failures += 1
@@ -273,6 +292,19 @@ class _Hub:
 
 
 _hub = _Hub()
+
+# In an @opmap worker process: where events go instead of to hooks, for the parent to
+# deliver with the chunk's results (see `forward_events`).
+_forwarded: list[Event] | None = None
+
+
+def forward_events(into: list[Event] | None) -> None:
+    """Collect this process's events in `into` instead of sending them to hooks (None:
+    send them again). For @opmap worker processes: their hooks are copies the parent
+    never sees (a metrics registry, an exporter thread that did not survive the fork)."""
+    global _forwarded  # noqa: PLW0603 - per-process mode, set once in a worker
+    _forwarded = into
+
 
 # Where a wrapper must not divert (it is not the outermost one): never observed.
 NEVER_OBSERVED = Observer("", (), stats=False, register=False)

@@ -269,9 +269,13 @@ class _Map:
         # waits for the round trip of another (which costs more than a chunk of tiny
         # items). A stream keeps 2 per worker: its pull from a generator stays small.
         depth = 4 if mode == "process" and total is not None else 2
+        # Process workers send their events back with each chunk; the parent's
+        # observer of the same pipeline delivers them to the parent's hooks.
+        observer = getattr(self.pipeline, "__opero_observer__", None)
+        deliver = observer.deliver if mode == "process" and observer is not None else None
         with engines as engine:
             sizer = ChunkSizer(workers, total, self.settings.chunksize, engine.target)
-            yield from Dispatcher(engine, items, sizer, workers, cache, low, depth)
+            yield from Dispatcher(engine, items, sizer, workers, cache, low, depth, deliver)
 
     def aoutcomes(
         self,
