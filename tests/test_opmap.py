@@ -956,3 +956,45 @@ def test_process_workers_send_their_events_to_the_parents_hooks() -> None:
     assert sorted(own_seen) == sorted(mapped_kinds)  # on_event: the mapped function's
     inner_kinds = [kind for kind, function, _ in global_seen if function.endswith("inner")]
     assert inner_kinds.count("call_succeeded") == 5  # a nested function: global hooks only
+
+
+def test_a_cluster_task_failed_as_a_whole_sends_its_items_once_more_alone() -> None:
+    # Dask fails every task that was on workers that kept dying, the innocent ones too.
+    import queue
+
+    from opero.concurrency.pool import Batch, ChunkSizer, Dispatcher
+    from opero.concurrency.worker import Outcome
+
+    class FakeCluster:
+        resends_crashed = True
+        target = 0.05
+
+        def __init__(self) -> None:
+            self.results: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
+            self.sent: list[list[int]] = []
+
+        def submit(self, number: int, items: list[int]) -> None:
+            self.sent.append(list(items))
+            # The first task (items 0-2) dies as a whole; item 1 alone kills workers again.
+            if len(self.sent) == 1 or items == [1]:
+                self.results.put((number, WorkerCrashedError("KilledWorker")))
+            else:
+                self.results.put((number, Outcome([x * 10 for x in items], {}, 0.0)))
+
+        def decode(self, answer: Outcome) -> Outcome:
+            return answer
+
+        def supervise(self, inflight: dict[int, Any]) -> list[tuple[int, Exception]]:
+            return []
+
+    engine = FakeCluster()
+    sizer = ChunkSizer(1, 3, 3, engine.target)
+    batches: list[Batch] = list(Dispatcher(engine, [0, 1, 2], sizer, 1))  # type: ignore[arg-type]
+    found: dict[int, Any] = {}
+    for batch in batches:
+        for offset, index in enumerate(batch.indices):
+            found[index] = batch.failures.get(offset, batch.values[offset])
+    assert engine.sent == [[0, 1, 2], [0], [1], [2]]
+    assert found[0] == 0
+    assert found[2] == 20
+    assert isinstance(found[1], WorkerCrashedError)

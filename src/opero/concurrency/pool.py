@@ -280,6 +280,7 @@ class _Chunk(NamedTuple):
     indices: Sequence[int]  # a range without a cache
     items: list[Any]
     keys: list[Any] | None  # cache keys (process mode), MISSING where uncached; None: no cache
+    resent: bool = False  # sent again, item alone, after its task failed as a whole
 
 
 class Dispatcher:
@@ -316,6 +317,8 @@ class Dispatcher:
         self.exhausted = False
         self.inflight: dict[int, _Chunk] = {}
         self.redo: deque[_Chunk] = deque()
+        # Cluster engines fail a task as a whole when workers die under it.
+        self.resend = bool(getattr(engine, "resends_crashed", False))
         self.number = 0
 
     def __iter__(self) -> Iterator[Batch]:
@@ -334,8 +337,15 @@ class Dispatcher:
                 last_round = now
                 yield from self._supervise()
             chunk = inflight.pop(number, None)
-            if chunk is not None:
-                yield from self._settle(chunk, self._outcome(chunk, answer))
+            if chunk is None:
+                continue
+            if isinstance(answer, WorkerCrashedError) and self.resend and not chunk.resent:
+                # A cluster fails every task that was on workers that died (Dask: 4
+                # deaths while it ran), the innocent ones too: each item goes once more
+                # on its own, and only the one that kills workers again fails.
+                self._split(chunk, resent=True)
+                continue
+            yield from self._settle(chunk, self._outcome(chunk, answer))
 
     def _fill(self) -> Iterator[Batch]:
         """Submit chunks until the queue is full; yields cache hits met on the way."""
@@ -415,10 +425,14 @@ class Dispatcher:
             if len(chunk.items) == 1:
                 yield from self._settle(chunk, Outcome([None], {0: error}, 0))
                 continue
-            for offset, (index, item) in enumerate(zip(chunk.indices, chunk.items, strict=True)):
-                # A cache key may be anything the user's cache_key returns, None too.
-                keys = None if chunk.keys is None else [chunk.keys[offset]]
-                self.redo.append(_Chunk(range(index, index + 1), [item], keys))
+            self._split(chunk, resent=False)
+
+    def _split(self, chunk: _Chunk, *, resent: bool) -> None:
+        """Send the chunk's items again, each in a chunk of its own."""
+        for offset, (index, item) in enumerate(zip(chunk.indices, chunk.items, strict=True)):
+            # A cache key may be anything the user's cache_key returns, None too.
+            keys = None if chunk.keys is None else [chunk.keys[offset]]
+            self.redo.append(_Chunk(range(index, index + 1), [item], keys, resent))
 
     def _settle(self, chunk: _Chunk, outcome: Outcome) -> Iterator[Batch]:
         if outcome.events and self.deliver is not None:  # before the results, as in-process
