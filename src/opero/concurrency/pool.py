@@ -37,7 +37,7 @@ from collections.abc import (
     Iterator,
     Sequence,
 )
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 from opero.concurrency.worker import (
     SLOT_FIELDS,
@@ -383,9 +383,9 @@ class Dispatcher:
         """The next chunk, item by item through the cache; yields the hits met."""
         cache, size = self.cache, self.sizer.size
         assert cache is not None
-        chunk = _Chunk([], [], [])
-        indices, items, keys = cast(list[int], chunk.indices), chunk.items, chunk.keys
-        assert keys is not None
+        indices: list[int] = []
+        items: list[Any] = []
+        keys: list[Any] = []
         for index, item in self.source:
             self.taken = index + 1
             verdict, value = cache.lookup(item)
@@ -400,9 +400,9 @@ class Dispatcher:
             items.append(item)
             keys.append(value)  # MISSING when uncached
             if len(items) >= size:
-                return chunk
+                return _Chunk(indices, items, keys)
         self.exhausted = True
-        return chunk
+        return _Chunk(indices, items, keys)
 
     def _outcome(self, chunk: _Chunk, answer: Any) -> Outcome:
         if isinstance(answer, BaseException):  # the engine failed the chunk as a whole

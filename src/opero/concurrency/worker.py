@@ -72,7 +72,7 @@ class Job:
         self.args = args
         self.kwargs = kwargs
         self.is_async = is_async
-        self.direct = None if is_async else direct
+        self.direct = direct  # None for async pipelines (`direct_of`)
 
 
 def run_items(

@@ -72,15 +72,14 @@ def attempt_at(frame: FrameType | None) -> int | None:
                     continue
                 return 1
             if kind == _THREAD:  # carry on from the frame that handed the attempt over
-                job = frame.f_locals.get("job")
-                caller = getattr(job, "caller", None)
-                if caller is None or getattr(job, "attempt_kept", True):
-                    return getattr(job, "attempt", None)
-                attempt = attempt_at(caller)
-                # Its caller gave up while we read its frames (which then moved on):
-                # the number it kept is the one. Else the frames were still waiting.
-                kept = getattr(job, "attempt_kept", True)
-                return getattr(job, "attempt", None) if kept else attempt
+                job = frame.f_locals["job"]
+                if job.caller is not None and not job.attempt_kept:
+                    attempt = attempt_at(job.caller)
+                    if not job.attempt_kept:  # its frames were still waiting: exact
+                        return attempt
+                # Given up at its timeout (maybe while we read its frames, which then
+                # moved on): the number its caller kept.
+                return job.attempt  # type: ignore[no-any-return]
             return 1
         frame = frame.f_back
     return None

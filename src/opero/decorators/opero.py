@@ -111,13 +111,10 @@ def decorate(func: Callable[P, R], options: OperoOptions) -> Callable[P, R]:
         # The outermost step: a hit returns before fallback, retry or rate limit.
         wrapper = step.wrap_async(wrapper) if is_async else step.wrap_sync(wrapper)
     functools.update_wrapper(wrapper, func)
-    # Nothing around the first attempt but the retries: @opmap may call `func` itself.
-    bare = attempt is func and fallback is None and budget is None and total is None
-    wrapper.__opero_direct__ = (  # type: ignore[attr-defined]
-        Direct(func, functools.partial(retry_sync, policy, name, func), observer)
-        if bare and step is None and not is_async
-        else None
-    )
+    # Nothing around a sync first attempt but the retries: @opmap may call `func` itself.
+    bare = attempt is func and not (is_async or fallback or budget or total or step)
+    direct = Direct(func, functools.partial(retry_sync, policy, name, func), observer)
+    wrapper.__opero_direct__ = direct if bare else None  # type: ignore[attr-defined]
     wrapper.__opero_rate_limit__ = extras.get("rate_limit")  # type: ignore[attr-defined]
     wrapper.__opero_breakers__ = extras.get("breakers")  # type: ignore[attr-defined]
     wrapper.cache_clear = step.clear if step else _no_cache_clear  # type: ignore[attr-defined]
@@ -173,7 +170,8 @@ def _attempt_steps(
     if breakers is not None or bulkhead is not None or check is not None:
         from opero.core.attempt_steps import Guard
 
-        # Outermost, and kept with the attempt it guards: see `_retrying`.
+        # Outermost, and kept with the attempt it guards: without a fallback step,
+        # `decorate` makes it the call's wrapper (`WholeCall`).
         extras["guard"] = guard = Guard(breakers, fallback, bulkhead, check)
         extras["guarded"] = attempt
         attempt = guard.wrap_async(attempt) if is_async else guard.wrap_sync(attempt)

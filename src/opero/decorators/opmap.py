@@ -33,8 +33,6 @@ from opero.exceptions import OpmapError
 if TYPE_CHECKING:
     from opero.concurrency.pool import Batch
     from opero.concurrency.progress import Progress
-    from opero.concurrency.worker import Job
-    from opero.core.direct import Direct
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -213,12 +211,9 @@ class _Map:
         self.is_async = _is_async(func)
         self.cache_step = None
         self.func = func
-        self.direct: Direct | None = None
         if settings.mode == "process" or settings.mode in CLUSTER_MODES:
             # The cache lives in the parent; workers run the rest of the pipeline.
             self.pipeline = decorate(func, options._replace(cache=False))
-            if settings.mode == "process":
-                self.direct = direct_of(self.pipeline)
             if options.cache:
                 self.cache_step = build_cache_step(func, options)
             if settings.mode == "process":
@@ -230,18 +225,12 @@ class _Map:
                 )
         else:
             self.pipeline = decorate(func, options)
-            if settings.mode == "thread":
-                self.direct = direct_of(self.pipeline)
+        # Pool workers (process and thread mode) may call tiny items' function directly.
+        self.direct = direct_of(self.pipeline)
 
     def workers(self) -> int:
         assert self.settings.workers is not None
         return self.settings.workers
-
-    def job(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Job:
-        """What the pool workers run (process and thread mode)."""
-        from opero.concurrency.worker import Job
-
-        return Job(self.pipeline, args, kwargs, is_async=self.is_async, direct=self.direct)
 
     def outcomes(
         self,
@@ -251,6 +240,7 @@ class _Map:
         low: Callable[[], int] | None = None,
     ) -> Iterator[Batch]:
         from opero.concurrency.pool import ChunkSizer, Dispatcher, ParentCache, engine_for
+        from opero.concurrency.worker import Job
 
         mode, workers = self.settings.mode, self.workers()
         cache = None if self.cache_step is None else ParentCache(self.cache_step, args, kwargs)
@@ -262,7 +252,8 @@ class _Map:
             where = self.settings.client if mode == "dask" else self.settings.address
             engines = engine_for(mode, remote, workers, where)
         else:
-            engines = engine_for(mode, self.job(args, kwargs), workers)
+            job = Job(self.pipeline, args, kwargs, is_async=self.is_async, direct=self.direct)
+            engines = engine_for(mode, job, workers)
         total = _length(items)
         # Process mode keeps up to 4 chunks per worker of an input of known length in
         # flight: a small input goes out at once, as Pool.map sends it, and no chunk
