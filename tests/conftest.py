@@ -13,6 +13,7 @@ import pytest
 from loguru import logger
 
 import opero.core.retry as retry_module
+from helpers import start_methods
 
 
 @pytest.fixture
@@ -130,3 +131,10 @@ def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "opero-cache"
     monkeypatch.setenv("OPERO_CACHE_DIR", str(root))
     return root
+
+
+@pytest.fixture(params=start_methods())
+def start_method(request: pytest.FixtureRequest) -> str:
+    """Each process start method this platform offers: fork, forkserver, spawn."""
+    method: str = request.param
+    return method

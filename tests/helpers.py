@@ -69,3 +69,50 @@ class LoopTicks:
 
     async def __aexit__(self, *exc: object) -> None:
         self._task.cancel()  # type: ignore[attr-defined]
+
+
+def start_methods() -> list[str]:
+    """The process start methods this platform offers, in opero's order."""
+    import multiprocessing
+
+    offered = multiprocessing.get_all_start_methods()
+    return [method for method in ("fork", "forkserver", "spawn") if method in offered]
+
+
+# Helpers a parent keeps for its whole life, not workers: the fork server (started on
+# first use of forkserver; it exits with its parent) and the resource tracker.
+_SERVICES = ("forkserver import main", "resource_tracker import main")
+
+
+def live_processes(*, parent: int | None = None, group: int | None = None) -> set[int]:
+    """Live (not zombie) processes with this parent pid or process group, leaving out
+    the multiprocessing services in `_SERVICES` when asked by parent."""
+    from pathlib import Path
+
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if fields[0] == "Z":
+            continue
+        service = any(name in command for name in _SERVICES)
+        if parent is not None and int(fields[1]) == parent and not service:
+            found.add(int(entry.name))
+        if group is not None and int(fields[2]) == group:
+            found.add(int(entry.name))
+    return found
+
+
+def peak_overlap(spans: list[tuple[float, float]]) -> int:
+    """The most (start, end) spans open at one moment."""
+    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    running = peak = 0
+    for _, step in edges:
+        running += step
+        peak = max(peak, running)
+    return peak

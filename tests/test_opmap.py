@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import multiprocessing
 import os
 import signal
 import subprocess
@@ -17,29 +16,24 @@ from typing import Any
 
 import pytest
 
-from helpers import max_starts_in_window
+from helpers import live_processes, max_starts_in_window, peak_overlap, start_methods
 from opero import OpmapError, RemoteError, WorkerCrashedError, opmap
 from opero import opero as opero_
 
 FAST = {"retries": 0, "progress": False}
-MODES = ["process", "thread"]
+# Process mode once per start method, and thread mode.
+MODES = [*start_methods(), "thread"]
+
+
+def on(mode: str) -> dict[str, Any]:
+    """opmap's options for a name of MODES (a start method means process mode)."""
+    return {"mode": mode} if mode == "thread" else {"mode": "process", "start_method": mode}
 
 
 def child_pids() -> set[int]:
-    """Live (not zombie) child processes of this test process."""
-    found = set()
-    me = str(os.getpid())
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[1] == me and fields[0] != "Z":
-            found.add(int(entry.name))
-    return found
+    """Live (not zombie) child processes of this test process, but for the fork server
+    and the resource tracker, which serve the whole test session."""
+    return live_processes(parent=os.getpid())
 
 
 @pytest.fixture(autouse=True)
@@ -111,7 +105,7 @@ def test_results_in_input_order_with_extra_arguments(mode: str) -> None:
     def power(x: int, exponent: int, *, offset: int = 0) -> int:
         return x**exponent + offset
 
-    mapped = opmap(mode=mode, workers=2, **FAST)(power)
+    mapped = opmap(**on(mode), workers=2, **FAST)(power)
     assert mapped(range(50), 3, offset=1) == [x**3 + 1 for x in range(50)]
     assert mapped((x for x in range(5)), 2) == [0, 1, 4, 9, 16]  # a generator
     assert mapped([], 2) == []
@@ -138,7 +132,7 @@ def test_async_function_in_pool_modes(mode: str) -> None:
         await asyncio.sleep(0)
         return x / 2
 
-    assert opmap(mode=mode, workers=2, **FAST)(halve)(range(6)) == [0, 0.5, 1, 1.5, 2, 2.5]
+    assert opmap(**on(mode), workers=2, **FAST)(halve)(range(6)) == [0, 0.5, 1, 1.5, 2, 2.5]
 
 
 @pytest.mark.parametrize("mode", [*MODES, "async"])
@@ -155,7 +149,7 @@ def test_unordered_gives_every_result_in_completion_order(mode: str) -> None:
         mapped = opmap(mode=mode, workers=2, ordered=False, **FAST)(aslow_first)
         results = asyncio.run(mapped(range(10)))
     else:
-        mapped = opmap(mode=mode, workers=2, ordered=False, chunksize=1, **FAST)(slow_first)
+        mapped = opmap(**on(mode), workers=2, ordered=False, chunksize=1, **FAST)(slow_first)
         results = mapped(range(10))
     assert sorted(results) == list(range(10))
     assert results[-1] == 0  # the slow one finished last
@@ -166,7 +160,7 @@ def test_unordered_gives_every_result_in_completion_order(mode: str) -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_one_failure_keeps_every_other_result(mode: str) -> None:
-    mapped = opmap(mode=mode, workers=2, **FAST)(fails_on_three)
+    mapped = opmap(**on(mode), workers=2, **FAST)(fails_on_three)
     with pytest.raises(OpmapError) as caught:
         mapped(range(8))
     error = caught.value
@@ -177,7 +171,7 @@ def test_one_failure_keeps_every_other_result(mode: str) -> None:
     assert str(error.failures[3]) == "three"
     assert error.exceptions == (error.failures[3],)
 
-    kept = opmap(mode=mode, workers=2, return_exceptions=True, **FAST)(fails_on_three)(range(5))
+    kept = opmap(**on(mode), workers=2, return_exceptions=True, **FAST)(fails_on_three)(range(5))
     assert kept[:3] == [0, 10, 20]
     assert isinstance(kept[3], ValueError)
 
@@ -202,7 +196,7 @@ def test_retries_apply_per_item(mode: str) -> None:
         return x
 
     seen: set[int] = set()
-    mapped = opmap(mode=mode, workers=2, retries=1, min_delay=0, progress=False)(flaky_once)
+    mapped = opmap(**on(mode), workers=2, retries=1, min_delay=0, progress=False)(flaky_once)
     assert mapped(range(6), seen) == list(range(6))
 
 
@@ -225,8 +219,8 @@ def misbehaves(x: int) -> object:
     return x
 
 
-def test_process_failure_modes_end_quickly_and_keep_the_rest() -> None:
-    mapped = opmap(mode="process", workers=2, return_exceptions=True, **FAST)(misbehaves)
+def test_process_failure_modes_end_quickly_and_keep_the_rest(start_method: str) -> None:
+    mapped = opmap(**on(start_method), workers=2, return_exceptions=True, **FAST)(misbehaves)
     started = time.monotonic()
     results = mapped(range(10))
     assert time.monotonic() - started < 5
@@ -253,43 +247,45 @@ def test_process_failure_modes_end_quickly_and_keep_the_rest() -> None:
     assert "could not be sent back" in str(results[5])
 
 
-def test_a_worker_killed_by_a_signal_fails_its_item_and_the_map_goes_on() -> None:
+def test_a_worker_killed_by_a_signal_fails_its_item_and_the_map_goes_on(start_method: str) -> None:
     def killer(x: int) -> int:
         if x == 7:
             os.kill(os.getpid(), signal.SIGKILL)
         return x
 
-    mapped = opmap(mode="process", workers=2, return_exceptions=True, chunksize=4, **FAST)(killer)
+    mapped = opmap(**on(start_method), workers=2, return_exceptions=True, chunksize=4, **FAST)(
+        killer
+    )
     results = mapped(range(20))
     assert isinstance(results[7], WorkerCrashedError)
     assert "signal 9" in str(results[7])
     assert [r for i, r in enumerate(results) if i != 7] == [i for i in range(20) if i != 7]
 
 
-def test_exceptions_that_travel_keep_their_type_and_worker_traceback() -> None:
+def test_exceptions_that_travel_keep_their_type_and_worker_traceback(start_method: str) -> None:
     with pytest.raises(OpmapError) as caught:
-        opmap(mode="process", workers=2, **FAST)(fails_on_three)(range(5))
+        opmap(**on(start_method), workers=2, **FAST)(fails_on_three)(range(5))
     error = caught.value.failures[3]
     assert type(error) is ValueError
     assert any("Traceback in worker process" in note for note in error.__notes__)
 
 
-def test_lambdas_and_closures_run_in_process_mode() -> None:
+def test_lambdas_and_closures_run_in_process_mode(start_method: str) -> None:
     base = 100
-    assert opmap(mode="process", workers=2, **FAST)(lambda x: x + base)(range(3)) == [
+    assert opmap(**on(start_method), workers=2, **FAST)(lambda x: x + base)(range(3)) == [
         100,
         101,
         102,
     ]
 
 
-def test_an_error_in_the_input_stops_the_map_and_propagates() -> None:
+def test_an_error_in_the_input_stops_the_map_and_propagates(start_method: str) -> None:
     def broken() -> Any:
         yield 1
         raise LookupError("input broke")
 
     with pytest.raises(LookupError, match="input broke"):
-        opmap(mode="process", workers=2, **FAST)(square)(broken())
+        opmap(**on(start_method), workers=2, **FAST)(square)(broken())
 
 
 def test_thread_mode_base_exception_propagates() -> None:
@@ -304,26 +300,23 @@ def test_thread_mode_base_exception_propagates() -> None:
 
 # --- workers honoured exactly ----------------------------------------------------------
 
-_peak = multiprocessing.get_context("fork").Array("i", [0, 0])  # running now, most seen
 
-
-def _count_concurrency(x: int) -> int:
-    with _peak.get_lock():
-        _peak[0] += 1
-        _peak[1] = max(_peak[1], _peak[0])
+def _span(x: int) -> tuple[float, float, int]:
+    """When this item ran (system-wide monotonic clock), and in which process/thread."""
+    start = time.monotonic()
     time.sleep(0.05)
-    with _peak.get_lock():
-        _peak[0] -= 1
-    return os.getpid() * 1_000_000 + threading.get_ident() % 1_000_000
+    return start, time.monotonic(), os.getpid() * 1_000_000 + threading.get_ident() % 1_000_000
 
 
-@pytest.mark.parametrize(("mode", "workers"), [("process", 2), ("process", 3), ("thread", 5)])
+@pytest.mark.parametrize(
+    ("mode", "workers"), [*((m, w) for m in start_methods() for w in (2, 3)), ("thread", 5)]
+)
 def test_workers_is_exact(mode: str, workers: int) -> None:
-    _peak[0] = _peak[1] = 0
-    mapped = opmap(mode=mode, workers=workers, chunksize=1, **FAST)(_count_concurrency)
-    ids = mapped(range(workers * 4))
-    assert _peak[1] == workers
-    if mode == "process":
+    mapped = opmap(**on(mode), workers=workers, chunksize=1, **FAST)(_span)
+    spans = mapped(range(workers * 4))
+    assert peak_overlap([(start, end) for start, end, _ in spans]) == workers
+    ids = [who for _, _, who in spans]
+    if mode != "thread":
         assert len({i // 1_000_000 for i in ids}) == workers  # process ids
     else:
         assert len(set(ids)) == workers  # thread ids in one process
@@ -347,19 +340,24 @@ async def test_async_workers_is_exact() -> None:
 # --- interruption ----------------------------------------------------------------------
 
 
-def test_ctrl_c_to_the_process_group_stops_the_map_and_leaves_no_worker() -> None:
+def test_ctrl_c_to_the_process_group_stops_the_map_and_leaves_no_worker(
+    start_method: str,
+) -> None:
     code = textwrap.dedent(
-        """
+        f"""
         import os, sys, time
         from opero import opmap
 
         def slow(x):
-            os.write(1, f"worker {os.getpid()}\\n".encode())  # one write: no interleaving
+            os.write(1, f"worker {{os.getpid()}}\\n".encode())  # one write: no interleaving
             time.sleep(30)
             return x
 
         try:
-            opmap(mode="process", workers=2, chunksize=1, progress=False)(slow)(range(6))
+            opmap(
+                mode="process", start_method={start_method!r}, workers=2, chunksize=1,
+                progress=False,
+            )(slow)(range(6))
         except KeyboardInterrupt:
             print("interrupted", flush=True)
             sys.exit(130)
@@ -390,6 +388,11 @@ def test_ctrl_c_to_the_process_group_stops_the_map_and_leaves_no_worker() -> Non
     assert "interrupted" in out
     for pid in workers:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+    # Nothing of the child's is left: no worker, no fork server, no resource tracker.
+    deadline = time.monotonic() + 5
+    while live_processes(group=child.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert live_processes(group=child.pid) == set()
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -402,7 +405,7 @@ def test_breaking_out_of_imap_stops_the_pool(mode: str) -> None:
             pulled += 1
             yield x
 
-    mapped = opmap(mode=mode, workers=2, **FAST)(square)
+    mapped = opmap(**on(mode), workers=2, **FAST)(square)
     stream = mapped.imap(endless())
     assert [next(stream) for _ in range(100)] == [x * x for x in range(100)]
     stream.close()
@@ -434,7 +437,7 @@ async def test_cancelling_an_async_map_cancels_its_items() -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_imap_streams_in_order_and_raises_failures_at_the_end(mode: str) -> None:
-    mapped = opmap(mode=mode, workers=2, **FAST)(fails_on_three)
+    mapped = opmap(**on(mode), workers=2, **FAST)(fails_on_three)
     seen: list[int] = []
 
     def consume() -> None:
@@ -445,7 +448,7 @@ def test_imap_streams_in_order_and_raises_failures_at_the_end(mode: str) -> None
     assert seen == [0, 10, 20, 40, 50]
     assert list(caught.value.failures) == [3]
     kept = list(
-        opmap(mode=mode, workers=2, return_exceptions=True, **FAST)(fails_on_three).imap(range(5))
+        opmap(**on(mode), workers=2, return_exceptions=True, **FAST)(fails_on_three).imap(range(5))
     )
     assert isinstance(kept[3], ValueError)
 
@@ -461,37 +464,40 @@ async def test_async_imap_streams() -> None:
 
 # --- cache and rate limit --------------------------------------------------------------
 
-_calls = multiprocessing.get_context("fork").Value("i", 0)
 
-
-def _counted_square(x: int) -> int:
-    with _calls.get_lock():
-        _calls.value += 1
+def _counted_square(x: int, log: str) -> int:
+    with open(log, "a") as calls:  # one short append per call: whole lines
+        calls.write(f"{x}\n")
     return x * x
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_cache_computes_duplicates_once_and_serves_the_next_map(mode: str) -> None:
-    _calls.value = 0
-    mapped = opmap(mode=mode, workers=2, cache=True, **FAST)(_counted_square)
+def test_cache_computes_duplicates_once_and_serves_the_next_map(mode: str, tmp_path: Path) -> None:
+    log = str(tmp_path / "calls")
+    Path(log).touch()
+
+    def calls() -> int:
+        return len(Path(log).read_text().splitlines())
+
+    mapped = opmap(**on(mode), workers=2, cache=True, **FAST)(_counted_square)
     items = [1, 2, 3, 1, 2, 3, 4, 1]
-    assert mapped(items) == [x * x for x in items]
-    assert _calls.value == 4
-    assert mapped(items) == [x * x for x in items]
-    assert _calls.value == 4  # every item a hit, in the parent
+    assert mapped(items, log) == [x * x for x in items]
+    assert calls() == 4
+    assert mapped(items, log) == [x * x for x in items]
+    assert calls() == 4  # every item a hit, in the parent
     info = mapped.cache_info()  # type: ignore[attr-defined]
     assert info.misses == 4
     mapped.cache_clear()  # type: ignore[attr-defined]
-    mapped([1])
-    assert _calls.value == 5
+    mapped([1], log)
+    assert calls() == 5
 
 
 def _start_time(x: int) -> float:
     return time.monotonic()
 
 
-def test_process_mode_rate_limit_holds_over_all_workers() -> None:
-    mapped = opmap(mode="process", workers=2, rate_limit=20, chunksize=1, **FAST)(_start_time)
+def test_process_mode_rate_limit_holds_over_all_workers(start_method: str) -> None:
+    mapped = opmap(**on(start_method), workers=2, rate_limit=20, chunksize=1, **FAST)(_start_time)
     starts = mapped(range(30))
     assert max_starts_in_window(starts) <= 21
     gaps = [b - a for a, b in itertools.pairwise(sorted(starts))]
@@ -517,10 +523,19 @@ def test_progress_bar_stays_hidden_off_a_terminal(capsys: pytest.CaptureFixture[
     assert capsys.readouterr().err == ""
 
 
-def test_process_mode_attempt_timeout_stops_the_work_for_real(tmp_path: Path) -> None:
+def test_process_mode_attempt_timeout_stops_the_work_for_real(
+    tmp_path: Path, start_method: str
+) -> None:
     marker = tmp_path / "finished"
 
-    @opmap(mode="process", workers=1, chunksize=1, timeout=0.2, retries=0, return_exceptions=True)
+    @opmap(
+        **on(start_method),
+        workers=1,
+        chunksize=1,
+        timeout=0.2,
+        retries=0,
+        return_exceptions=True,
+    )
     def item(x: int) -> int:
         if x == 0:
             time.sleep(0.5)
@@ -557,7 +572,7 @@ def test_policies_apply_per_item_in_thread_mode() -> None:
     assert peak[0] == 2  # the bulkhead holds across the map's 8 threads
 
 
-@pytest.mark.parametrize("mode", ["thread", "process"])
+@pytest.mark.parametrize("mode", ["thread", *start_methods()])
 def test_ordered_imap_behind_a_slow_item_pulls_a_bounded_window(mode: str) -> None:
     pulled = itertools.count()
 
@@ -571,7 +586,7 @@ def test_ordered_imap_behind_a_slow_item_pulls_a_bounded_window(mode: str) -> No
             time.sleep(0.5)
         return x
 
-    mapped = opmap(mode=mode, workers=2, chunksize=4, cache=False, progress=False)(slow_first)
+    mapped = opmap(**on(mode), workers=2, chunksize=4, cache=False, progress=False)(slow_first)
     seen = []
     for value in mapped.imap(endless()):
         seen.append(value)
@@ -717,7 +732,7 @@ def test_items_know_their_attempt(mode: str) -> None:
             raise ConnectionError(x)  # odd items succeed on their retry
         return attempt
 
-    mapped = opmap(mode=mode, workers=2, cache=False, retries=1, min_delay=0, progress=False)
+    mapped = opmap(**on(mode), workers=2, cache=False, retries=1, min_delay=0, progress=False)
     assert mapped(attempt_of)(range(4)) == [1, 2, 1, 2]
 
 
@@ -810,20 +825,22 @@ def test_process_mode_has_4_chunks_per_worker_in_flight_for_a_known_length(
     assert depths == [8, 4]  # a generator keeps 2 chunks per worker
 
 
-def test_process_mode_runs_on_the_stdlib_pool_too(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_process_mode_runs_on_the_stdlib_pool_too(
+    monkeypatch: pytest.MonkeyPatch, start_method: str
+) -> None:
     from opero.concurrency import pool
 
     kinds = []
     original = pool.ProcessEngine.__init__
 
-    def spy(self: Any, job: Any, workers: int, kind: str = "twat-mp") -> None:
+    def spy(self: Any, start: Any, workers: int, kind: str, method: str) -> None:
         kinds.append(kind)
-        original(self, job, workers, kind)
+        original(self, start, workers, kind, method)
 
     monkeypatch.setattr(pool.ProcessEngine, "__init__", spy)
     monkeypatch.setattr(pool, "PROCESS_POOL", "stdlib")
     with pytest.raises(OpmapError) as caught:
-        opmap(mode="process", workers=2, **FAST)(fails_on_three)(range(6))
+        opmap(**on(start_method), workers=2, **FAST)(fails_on_three)(range(6))
     assert caught.value.results[4:] == [40, 50]
     assert kinds == ["stdlib"]
 
@@ -878,7 +895,9 @@ def test_a_timeout_first_used_inside_a_worker_still_stops_the_work() -> None:
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
-    assert done.stdout.strip() == "False ['MainThread']"
+    # No attempt left running on a helper thread: the worker's main thread, and the
+    # thread that waits for the parent's death.
+    assert done.stdout.strip() == "False ['MainThread', 'opero-parent-watch']"
 
 
 def test_the_direct_call_lets_go_of_a_retried_items_first_failure() -> None:
@@ -921,7 +940,7 @@ async def test_an_items_own_cancelled_error_stops_the_async_map() -> None:
         await asyncio.wait_for(mapped(range(4)), 5)
 
 
-def test_process_workers_send_their_events_to_the_parents_hooks() -> None:
+def test_process_workers_send_their_events_to_the_parents_hooks(start_method: str) -> None:
     from opero import Event, add_hook
 
     global_seen: list[tuple[str, str, int]] = []
@@ -940,7 +959,9 @@ def test_process_workers_send_their_events_to_the_parents_hooks() -> None:
     def own(event: Event) -> None:
         own_seen.append(event.kind)
 
-    mapped = opmap(mode="process", workers=2, chunksize=2, cache=False, on_event=own, **FAST)(item)
+    mapped = opmap(**on(start_method), workers=2, chunksize=2, cache=False, on_event=own, **FAST)(
+        item
+    )
     try:
         results = mapped(range(6))
     except OpmapError as error:

@@ -39,9 +39,16 @@ def no_waits(max_attempts: int | None = None) -> Iterator[None]:
         raise ValueError(f"no_waits(): max_attempts must be an int >= 1, got {max_attempts!r}")
     state = testing_state.state
     saved = (retry.sync_sleep, retry.async_sleep, state.active, state.max_attempts)
-    retry.sync_sleep, retry.async_sleep = _no_sleep, _no_async_sleep
-    state.active, state.max_attempts = True, max_attempts
+    switch_on(max_attempts)
     try:
         yield
     finally:
         retry.sync_sleep, retry.async_sleep, state.active, state.max_attempts = saved
+
+
+def switch_on(max_attempts: int | None) -> None:
+    """Testing mode on for the rest of this process (an @opmap worker whose parent is
+    inside `no_waits()`, under spawn or forkserver; fork inherits it)."""
+    retry.sync_sleep, retry.async_sleep = _no_sleep, _no_async_sleep
+    state = testing_state.state
+    state.active, state.max_attempts = True, max_attempts

@@ -25,6 +25,7 @@ from typing import Any
 from opero.concurrency.worker import (
     Job,
     Outcome,
+    build_job,
     decode_outcome,
     encode_items,
     encode_outcome,
@@ -39,24 +40,12 @@ _built_lock = threading.Lock()
 _KEEP = 8
 
 
-def job_payload(func: Any, options: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    """What a remote worker needs to build the item pipeline."""
-    import cloudpickle
-
-    return bytes(cloudpickle.dumps((func, options, args, kwargs)))
-
-
 def _job_of(payload: bytes) -> Job:
     with _built_lock:
         job = _built.get(payload)
     if job is not None:
         return job
-    import cloudpickle
-
-    from opero.decorators.opero import _is_async, decorate
-
-    func, options, args, kwargs = cloudpickle.loads(payload)
-    job = Job(decorate(func, options), args, kwargs, is_async=_is_async(func))
+    job = build_job(payload)
     with _built_lock:
         if len(_built) >= _KEEP:
             _built.clear()

@@ -39,10 +39,12 @@ from collections.abc import (
 )
 from typing import Any, NamedTuple
 
+from opero.concurrency.start import WorkerStart, context_for
 from opero.concurrency.worker import (
     SLOT_FIELDS,
     Job,
     Outcome,
+    UnsendableError,
     decode_outcome,
     encode_items,
     init_process_worker,
@@ -126,23 +128,25 @@ class ThreadEngine:
 
 
 class ProcessEngine:
-    """A pool of `workers` processes for one map.
+    """A pool of `workers` processes for one map, on any start method.
 
-    `kind="twat-mp"`: twat-mp's `MultiPool` context over a pathos `ProcessPool`;
-    `kind="stdlib"`: `multiprocessing.Pool` on the fork start method. Both fork, so the
-    job (lambdas and closures included) reaches the workers without being pickled.
+    `kind="twat-mp"`: twat-mp's `MultiPool` context over a pathos `ProcessPool` (on
+    `multiprocess`, given the start method's context); `kind="stdlib"`:
+    `multiprocessing.Pool`. `start` is what each worker starts from
+    (`opero.concurrency.start.WorkerStart`): under fork the job itself, inherited with
+    lambdas and closures and never pickled; under forkserver and spawn its payload.
     """
 
     target = 0.02
 
-    def __init__(self, job: Job, workers: int, kind: str = "twat-mp") -> None:
-        import multiprocessing
-
+    def __init__(
+        self, start: WorkerStart, workers: int, kind: str = "twat-mp", method: str = "fork"
+    ) -> None:
         self.results: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
         self.capacity = max(64, workers * 16)
-        fork = multiprocessing.get_context("fork")
-        self.slots = fork.Array("q", self.capacity * SLOT_FIELDS, lock=False)
-        initargs = (job, self.slots, self.capacity)
+        context = context_for(kind, method)
+        self.slots = context.Array("q", self.capacity * SLOT_FIELDS, lock=False)
+        initargs = (start, self.slots, self.capacity)
         self._context: Any = None
         if kind == "twat-mp":
             from pathos.multiprocessing import ProcessPool as PathosProcessPool
@@ -153,11 +157,12 @@ class ProcessEngine:
                 id=f"opero-{uuid.uuid4().hex}",
                 initializer=init_process_worker,
                 initargs=initargs,
+                context=context,
             )
             self._context = MultiPool(pool_class=factory, nodes=workers)  # type: ignore[arg-type]
             self._raw = self._context.__enter__()._serve()
         else:
-            self._raw = fork.Pool(workers, init_process_worker, initargs)
+            self._raw = context.Pool(workers, init_process_worker, initargs)
         self._known: dict[int, Any] = {}  # pid -> worker process, dead ones included
         self._suspects: set[tuple[int, int]] = set()
         for process in self._raw._pool:
@@ -362,9 +367,29 @@ class Dispatcher:
                 chunk = yield from self._take()
                 if not chunk.items:
                     continue
-            self.engine.submit(self.number, chunk.items)
+            try:
+                self.engine.submit(self.number, chunk.items)
+            except UnsendableError as error:
+                yield from self._unsendable(chunk, error)
+                continue
             self.inflight[self.number] = chunk
             self.number += 1
+
+    def _unsendable(self, chunk: _Chunk, error: UnsendableError) -> Iterator[Batch]:
+        """Items that could not be pickled: a chunk goes again item by item, and an item
+        that cannot travel fails alone, naming its index and type."""
+        if len(chunk.items) > 1:
+            self._split(chunk, resent=chunk.resent)
+            return
+        index, item = chunk.indices[0], chunk.items[0]
+        kind = type(item)
+        failure = TypeError(
+            f"item {index} ({kind.__module__}.{kind.__qualname__}) cannot be sent to a "
+            f"worker process: {error}. Items travel pickled: pass something picklable "
+            "(e.g. a list instead of a generator, a path instead of an open file)"
+        )
+        failure.__cause__ = error.__cause__
+        yield from self._settle(chunk, Outcome([None], {0: failure}, 0))
 
     def _too_far_ahead(self) -> bool:
         low, size = self.low, self.sizer.size
@@ -460,7 +485,8 @@ class Dispatcher:
 def engine_for(mode: str, job: Any, workers: int, where: Any = None) -> Iterator[Engine]:
     """A pool for one map; terminated unless the map ran to its end. For the cluster
     modes, `job` is the payload remote workers build the pipeline from and `where` the
-    Dask client or the Ray address."""
+    Dask client or the Ray address; for process mode, `job` is the `WorkerStart` and
+    `where` the start method."""
     engine: Engine
     if mode == "dask":
         from opero.concurrency.cluster import DaskEngine
@@ -471,7 +497,7 @@ def engine_for(mode: str, job: Any, workers: int, where: Any = None) -> Iterator
 
         engine = RayEngine(job, workers, where)
     elif mode == "process":
-        engine = ProcessEngine(job, workers, PROCESS_POOL)
+        engine = ProcessEngine(job, workers, PROCESS_POOL, where)
     else:
         engine = ThreadEngine(job, workers)
     clean = False

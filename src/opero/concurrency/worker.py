@@ -17,11 +17,13 @@ import asyncio
 import os
 import pickle
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from opero.concurrency.start import WorkerStart
 from opero.core.direct import Direct, run_direct
 from opero.core.events import Event, forward_events
 from opero.exceptions import RemoteError, WorkerCrashedError
@@ -157,11 +159,24 @@ _slots: Any = None
 _slot_base = 0
 
 
-def init_process_worker(job: Job, slots: Any, capacity: int) -> None:
+def build_job(payload: bytes) -> Job:
+    """A worker's `Job`, built from what `opero.concurrency.start.job_payload` packed."""
+    import cloudpickle
+
+    from opero.core.direct import direct_of
+    from opero.decorators.opero import _is_async, decorate
+
+    func, options, args, kwargs = cloudpickle.loads(payload)
+    pipeline = decorate(func, options)
+    return Job(pipeline, args, kwargs, is_async=_is_async(func), direct=direct_of(pipeline))
+
+
+def init_process_worker(start: WorkerStart, slots: Any, capacity: int) -> None:
     """Pool initializer: keep the pipeline, claim a slot, leave Ctrl-C to the parent.
 
     The parent owns interruption: on Ctrl-C (which a terminal sends to the whole process
     group) it terminates the pool, so workers ignore SIGINT instead of dying mid-item.
+    A worker whose parent dies (killed, so it could not terminate the pool) exits.
     """
     global _job, _slots, _slot_base, POOL_WORKER  # noqa: PLW0603 - per-process worker state
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -169,22 +184,72 @@ def init_process_worker(job: Job, slots: Any, capacity: int) -> None:
     # timeout module turns SIGALRM on at its first timed attempt here (importing it now
     # would delay each worker's first chunk by the import).
     POOL_WORKER = True
-    # Events go back to the parent with each chunk: hooks here are fork-time copies
-    # the parent never sees (metrics, exporters).
+    # Events go back to the parent with each chunk: hooks here are copies (or, under
+    # spawn and forkserver, stand-ins) the parent never sees (metrics, exporters).
     forward_events(_events)
-    import multiprocessing
-
-    identity = multiprocessing.current_process()._identity
-    if not identity:  # a pathos/multiprocess worker numbers itself there
-        import multiprocess
-
-        identity = multiprocess.current_process()._identity
+    process = _current_process()
+    identity = process._identity
     number = identity[-1] if identity else os.getpid()
-    _job = job
     _slots = slots
     _slot_base = (number % capacity) * SLOT_FIELDS
     slots[_slot_base] = os.getpid()
     slots[_slot_base + 1] = 0
+    _exit_with_parent()
+    if isinstance(start.job, Job):  # fork: the parent's pipeline and state, inherited
+        _job = start.job
+        return
+    active, max_attempts = start.testing
+    if active:
+        from opero.testing import switch_on
+
+        switch_on(max_attempts)
+    if start.observed:  # the parent has global hooks: collect every function's events
+        from opero.core.events import add_hook
+
+        add_hook(_parent_listens)
+    _job = build_job(start.job)
+    step = getattr(_job.pipeline, "__opero_rate_limit__", None)
+    if step is not None and start.limiter is not None:
+        step.limiter = start.limiter
+
+
+def _parent_listens(event: Event) -> None:
+    """Stands in for the parent's global hooks; the parent delivers the events."""
+
+
+def _current_process() -> Any:
+    """This worker's process object: multiprocessing's, or multiprocess's in a
+    twat-mp (pathos) worker, which numbers itself there."""
+    import multiprocessing
+
+    process = multiprocessing.current_process()
+    if process._identity or "multiprocess" not in sys.modules:
+        return process
+    import multiprocess
+
+    return multiprocess.current_process()
+
+
+def _exit_with_parent() -> None:
+    """Exit when the parent process dies: a killed parent cannot terminate its pool.
+
+    A daemon thread waits on the parent's sentinel (a pipe, or a process handle on
+    Windows, that the parent's death closes) under every start method."""
+    import threading
+
+    parent = None
+    for name in ("multiprocess", "multiprocessing"):
+        module = sys.modules.get(name)
+        if module is not None and parent is None:
+            parent = module.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        parent.join()
+        os._exit(3)
+
+    threading.Thread(target=watch, name="opero-parent-watch", daemon=True).start()
 
 
 def run_chunk_in_process(chunk_number: int, payload: bytes) -> bytes:
@@ -242,9 +307,17 @@ def decode_outcome(data: bytes) -> Outcome:
     return outcome
 
 
+class UnsendableError(Exception):
+    """A chunk's items could not be pickled for a worker (the cause is chained): the
+    dispatcher sends them one by one, and an item that cannot travel fails alone."""
+
+
 def encode_items(items: list[Any]) -> bytes:
-    """Pickle a chunk's items for a process worker."""
-    return _dumps(items)
+    """Pickle a chunk's items for a process worker; `UnsendableError` if they cannot be."""
+    try:
+        return _dumps(items)
+    except Exception as exc:
+        raise UnsendableError(_safe_str(exc)) from exc
 
 
 def _dumps(value: Any) -> bytes:

@@ -385,6 +385,8 @@ class _Alarm:
         if threading.current_thread() is not threading.main_thread():
             return False
         if not self.enabled:
+            if not hasattr(signal, "setitimer"):  # Windows: the thread hand-off
+                return False
             # Enabled on first use in an @opmap worker (the module may be imported
             # there only when an item decorates a function with a timeout).
             worker = sys.modules.get("opero.concurrency.worker")

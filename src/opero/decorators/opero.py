@@ -114,15 +114,29 @@ def decorate(func: Callable[P, R], options: OperoOptions) -> Callable[P, R]:
     # Nothing around a sync first attempt but the retries: @opmap may call `func` itself.
     bare = attempt is func and not (is_async or fallback or budget or total or step)
     direct = Direct(func, functools.partial(retry_sync, policy, name, func), observer)
-    wrapper.__opero_direct__ = direct if bare else None  # type: ignore[attr-defined]
-    wrapper.__opero_rate_limit__ = extras.get("rate_limit")  # type: ignore[attr-defined]
-    wrapper.__opero_breakers__ = extras.get("breakers")  # type: ignore[attr-defined]
-    wrapper.cache_clear = step.clear if step else _no_cache_clear  # type: ignore[attr-defined]
-    wrapper.cache_info = step.info if step else _no_cache_info  # type: ignore[attr-defined]
-    wrapper.stats = observer.stats  # type: ignore[attr-defined]
-    wrapper.reset_stats = observer.reset_stats  # type: ignore[attr-defined]
-    wrapper.__opero_observer__ = observer  # type: ignore[attr-defined]
+    _attach(wrapper, options, observer, step, extras, direct if bare else None)
     return cast(Callable[P, R], wrapper)
+
+
+def _attach(
+    wrapper: Any,
+    options: OperoOptions,
+    observer: Observer,
+    step: Any,
+    extras: dict[str, Any],
+    direct: Direct | None,
+) -> None:
+    """The decorated function's public attributes, and what @opmap and tests look at."""
+    wrapper.__opero_direct__ = direct
+    wrapper.__opero_rate_limit__ = extras.get("rate_limit")
+    wrapper.__opero_breakers__ = extras.get("breakers")
+    wrapper.cache_clear = step.clear if step else _no_cache_clear
+    wrapper.cache_info = step.info if step else _no_cache_info
+    wrapper.stats = observer.stats
+    wrapper.reset_stats = observer.reset_stats
+    wrapper.__opero_observer__ = observer
+    # How to build it again in a worker process that cannot import it (spawn, clusters).
+    wrapper.__opero_options__ = options
 
 
 def _attempt_steps(

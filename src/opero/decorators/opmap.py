@@ -53,6 +53,7 @@ class OpmapKwargs(OperoKwargs, total=False):
     chunksize: int | None
     client: Any
     address: str | None
+    start_method: Literal["fork", "forkserver", "spawn"] | None
 
 
 class Mapper(Protocol[T_contra, P, R]):
@@ -106,6 +107,9 @@ class MapSettings(NamedTuple):
     chunksize: int | None = None
     client: Any = None  # mode="dask": a distributed.Client, or a scheduler address
     address: str | None = None  # mode="ray": the Ray cluster's address
+    # mode="process": "fork", "forkserver" or "spawn"; None: OPERO_START_METHOD if set,
+    # else opero's default for the platform (resolved per map, see concurrency/start.py)
+    start_method: str | None = None
 
 
 @overload
@@ -171,6 +175,11 @@ def _map_settings(given: dict[str, Any]) -> MapSettings:
     if not (isinstance(progress, bool) or progress == "always"):
         raise ValueError(f"opmap(): progress must be True, False or 'always', got {progress!r}")
     _check_cluster(mode, settings.client, settings.address)
+    from opero.concurrency.start import check_start_method
+
+    settings = settings._replace(
+        start_method=check_start_method("opmap", settings.start_method, mode)
+    )
     if workers is None:
         cpus = os.cpu_count() or 1
         workers = {
@@ -211,14 +220,15 @@ class _Map:
         self.is_async = _is_async(func)
         self.cache_step = None
         self.func = func
+        self.limiters: dict[tuple[str, str], Any] = {}
         if settings.mode == "process" or settings.mode in CLUSTER_MODES:
             # The cache lives in the parent; workers run the rest of the pipeline.
             self.pipeline = decorate(func, options._replace(cache=False))
             if options.cache:
                 self.cache_step = build_cache_step(func, options)
-            if settings.mode == "process":
-                _share_rate_limit(self.pipeline, options)
-            elif options.rate_limit is not None and options.rate_limit_backend != "redis":
+            if settings.mode in CLUSTER_MODES and (
+                options.rate_limit is not None and options.rate_limit_backend != "redis"
+            ):
                 raise ValueError(
                     f"opmap(mode={settings.mode!r}): a rate_limit over a cluster needs "
                     "rate_limit_backend='redis' (a local limit would hold per worker)"
@@ -227,6 +237,45 @@ class _Map:
             self.pipeline = decorate(func, options)
         # Pool workers (process and thread mode) may call tiny items' function directly.
         self.direct = direct_of(self.pipeline)
+
+    def start_method(self) -> str:
+        from opero.concurrency.start import default_start_method
+
+        return self.settings.start_method or default_start_method()
+
+    def shared_limiter(self, kind: str, method: str) -> Any:
+        """Process mode: one limit over all workers of every map of this function, in
+        shared memory from the pool's own context (one per engine and start method)."""
+        step = getattr(self.pipeline, "__opero_rate_limit__", None)
+        if step is None or self.options.rate_limit_backend != "local":
+            return None  # no limit, or Redis's, which every process shares already
+        limiter = self.limiters.get((kind, method))
+        if limiter is None:
+            from opero.concurrency.start import context_for
+            from opero.core.rate_limit import SharedRateLimiter
+
+            assert self.options.rate_limit is not None
+            limiter = SharedRateLimiter(self.options.rate_limit, context_for(kind, method))
+            limiter = self.limiters.setdefault((kind, method), limiter)
+        if method == "fork":  # the workers inherit the parent's pipeline: put it there
+            step.limiter = limiter
+        return limiter
+
+    def process_start(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, str]:
+        """What this map's process workers start from (a `WorkerStart`), and how."""
+        from opero.concurrency import pool
+        from opero.concurrency.start import build_start
+        from opero.concurrency.worker import Job
+
+        method = self.start_method()
+        limiter = self.shared_limiter(pool.PROCESS_POOL, method)
+        job = None
+        if method == "fork":
+            job = Job(self.pipeline, args, kwargs, is_async=self.is_async, direct=self.direct)
+        options = self.options._replace(cache=False)
+        return build_start(
+            self.func, options, args, kwargs, method=method, job=job, limiter=limiter
+        ), method
 
     def workers(self) -> int:
         assert self.settings.workers is not None
@@ -245,12 +294,15 @@ class _Map:
         mode, workers = self.settings.mode, self.workers()
         cache = None if self.cache_step is None else ParentCache(self.cache_step, args, kwargs)
         if mode in CLUSTER_MODES:
-            from opero.concurrency.cluster import job_payload
+            from opero.concurrency.start import job_payload
 
             options = self.options._replace(cache=False)
-            remote = job_payload(self.func, options, args, kwargs)
+            remote = job_payload(self.func, options, args, kwargs, keep_hooks=True)
             where = self.settings.client if mode == "dask" else self.settings.address
             engines = engine_for(mode, remote, workers, where)
+        elif mode == "process":
+            start, method = self.process_start(args, kwargs)
+            engines = engine_for(mode, start, workers, method)
         else:
             job = Job(self.pipeline, args, kwargs, is_async=self.is_async, direct=self.direct)
             engines = engine_for(mode, job, workers)
@@ -345,19 +397,6 @@ class _Map:
                 [],
                 failures,
             )
-
-
-def _share_rate_limit(pipeline: Any, options: OperoOptions) -> None:
-    """Process mode: one limit over all workers, in shared memory the workers inherit."""
-    step = getattr(pipeline, "__opero_rate_limit__", None)
-    if step is None or options.rate_limit_backend != "local":
-        return  # no limit, or Redis's, which every process shares already
-    import multiprocessing
-
-    from opero.core.rate_limit import SharedRateLimiter
-
-    assert options.rate_limit is not None
-    step.limiter = SharedRateLimiter(options.rate_limit, multiprocessing.get_context("fork"))
 
 
 class _Reorder:

@@ -1,0 +1,321 @@
+"""`@opmap(mode="process")` under every start method: fork, forkserver and spawn.
+
+The contract tests of tests/test_opmap.py run once per start method; these cover what
+differs between them: the option, the default, what must travel pickled and the errors
+when it cannot, the parent's state that workers need (testing mode, hooks), and workers
+that outlive a killed parent.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers import live_processes, start_methods
+from opero import OpmapError, opero, opmap
+from opero.concurrency import start
+
+FAST = {"retries": 0, "progress": False, "cache": False}
+
+
+@pytest.fixture(autouse=True)
+def no_child_left() -> Any:
+    before = live_processes(parent=os.getpid())
+    yield
+    deadline = time.monotonic() + 2
+    while live_processes(parent=os.getpid()) - before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert live_processes(parent=os.getpid()) - before == set()
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+# --- the option -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "text"),
+    [
+        ({"start_method": "threads"}, ValueError, "start_method must be one of fork"),
+        ({"start_method": 1}, TypeError, "start_method must be a str"),
+        ({"start_method": "spawn", "mode": "thread"}, ValueError, "applies to mode='process'"),
+        ({"start_method": "fork", "mode": "async"}, ValueError, "applies to mode='process'"),
+    ],
+)
+def test_bad_start_methods_fail_at_decoration(
+    options: dict[str, Any], error: type[Exception], text: str
+) -> None:
+    with pytest.raises(error, match=text):
+        opmap(**options)
+
+
+def test_a_start_method_the_platform_lacks_names_the_ones_it_has(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(start, "available_start_methods", lambda: ["spawn"])  # Windows
+    with pytest.raises(ValueError, match="does not offer; it offers spawn"):
+        opmap(start_method="fork")
+
+
+def test_the_environment_variable_sets_the_default_and_is_checked_at_decoration(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPERO_START_METHOD", "sideways")
+    with pytest.raises(ValueError, match="OPERO_START_METHOD must be one of"):
+        opmap(square)
+    opmap(mode="thread")(square)  # it is about process mode only
+    monkeypatch.setenv("OPERO_START_METHOD", "spawn")
+    assert _method_used(opmap(workers=1, **FAST)(square)) == "spawn"
+    assert _method_used(opmap(workers=1, start_method="fork", **FAST)(square)) == "fork"
+
+
+def _method_used(mapped: Any) -> str:
+    from opero.concurrency import pool
+
+    used: list[str] = []
+    original = pool.ProcessEngine.__init__
+
+    def spy(self: Any, begin: Any, workers: int, kind: str, method: str) -> None:
+        used.append(method)
+        original(self, begin, workers, kind, method)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pool.ProcessEngine, "__init__", spy)
+        assert mapped([3]) == [9]
+    return used[0]
+
+
+@pytest.mark.parametrize(
+    ("platform", "expected"),
+    [("linux", "forkserver"), ("darwin", "spawn"), ("win32", "spawn"), ("freebsd14", "forkserver")],
+)
+def test_the_default_start_method_per_platform(
+    monkeypatch: pytest.MonkeyPatch, platform: str, expected: str
+) -> None:
+    monkeypatch.setattr(sys, "platform", platform)
+    monkeypatch.delenv("OPERO_START_METHOD", raising=False)
+    assert start.default_start_method() == expected
+
+
+def test_the_default_is_used_when_nothing_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPERO_START_METHOD", raising=False)
+    assert _method_used(opmap(workers=1, **FAST)(square)) == start.default_start_method()
+
+
+# --- what travels, and what cannot ------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", [m for m in start_methods() if m != "fork"])
+def test_an_unpicklable_function_fails_the_map_at_once_naming_it(method: str) -> None:
+    lock = threading.Lock()
+
+    def locked(x: int) -> int:
+        with lock:
+            return x
+
+    mapped = opmap(workers=2, start_method=method, **FAST)(locked)
+    started = time.monotonic()
+    with pytest.raises(TypeError) as caught:
+        mapped(range(4))
+    assert time.monotonic() - started < 1  # before any worker started
+    message = str(caught.value)
+    assert "the function of" in message
+    assert "locked" in message
+    assert "cannot pickle '_thread.lock' object" in message
+    assert "start_method='fork'" in message
+    if "fork" in start_methods():  # fork inherits the closure: nothing is pickled
+        assert opmap(workers=2, start_method="fork", **FAST)(locked)(range(4)) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("method", [m for m in start_methods() if m != "fork"])
+def test_unpicklable_extra_arguments_are_named(method: str) -> None:
+    def add(x: int, extra: Any = None, *, other: Any = None) -> int:
+        return x
+
+    mapped = opmap(workers=1, start_method=method, **FAST)(add)
+    with pytest.raises(TypeError, match=r"extra argument 1 \(after the item\)"):
+        mapped([1], threading.Lock())
+    with pytest.raises(TypeError, match="keyword argument 'other'"):
+        mapped([1], other=threading.Lock())
+
+
+@pytest.mark.parametrize("mode", [*start_methods(), "thread"])
+def test_an_unpicklable_item_fails_alone(mode: str) -> None:
+    options = {"mode": "thread"} if mode == "thread" else {"start_method": mode}
+    mapped = opmap(workers=2, return_exceptions=True, **options, **FAST)(lambda x: 1)
+    items = [1, (i for i in []), 3, 4, 5, 6, 7, 8]
+    results = mapped(items)
+    if mode == "thread":  # nothing is pickled in threads
+        assert results == [1] * 8
+        return
+    assert results[:1] + results[2:] == [1] * 7
+    failure = results[1]
+    assert isinstance(failure, TypeError)
+    assert "item 1 (builtins.generator) cannot be sent to a worker process" in str(failure)
+    assert "cannot pickle 'generator' object" in str(failure)
+    stream = opmap(workers=2, start_method=mode, **FAST)(lambda x: 1).imap(iter(items))
+    with pytest.raises(OpmapError) as caught:
+        list(stream)
+    assert list(caught.value.failures) == [1]
+
+
+@opero(retries=0, cache=False)
+def _decorated_module_function(x: int) -> int:
+    return x + 1
+
+
+def test_opero_functions_travel_whether_importable_or_not(start_method: str) -> None:
+    calls: list[int] = []
+
+    @opero(retries=1, min_delay=0, cache=False, on_event=lambda event: calls.append(1))
+    def local(x: int) -> int:  # a closure: decorated again in the worker
+        return x * 2
+
+    def item(x: int) -> int:
+        return local(x) + _decorated_module_function(x)
+
+    results = opmap(workers=2, start_method=start_method, **FAST)(item)(range(4))
+    assert results == [3 * x + 1 for x in range(4)]
+
+
+def test_testing_mode_reaches_the_workers(start_method: str) -> None:
+    from opero.testing import no_waits
+
+    attempts: dict[int, int] = {}
+
+    def flaky(x: int) -> int:
+        attempts[x] = attempts.get(x, 0) + 1  # the worker's own count
+        if attempts[x] < 3:
+            raise ConnectionError(x)
+        return x
+
+    mapped = opmap(
+        workers=2, start_method=start_method, retries=5, min_delay=5, progress=False, cache=False
+    )(flaky)
+    begin = time.monotonic()
+    with no_waits():
+        assert mapped(range(4)) == [0, 1, 2, 3]
+    assert time.monotonic() - begin < 5  # two 5 s waits per item without it
+
+
+def test_global_hooks_of_the_parent_see_the_workers_events(start_method: str) -> None:
+    from opero import add_hook
+
+    kinds: list[str] = []
+    remove = add_hook(lambda event: kinds.append(event.kind))
+    try:
+        assert opmap(workers=2, start_method=start_method, **FAST)(square)(range(3)) == [0, 1, 4]
+    finally:
+        remove()
+    assert kinds.count("call_succeeded") == 3
+
+
+def test_the_default_never_forks_a_threaded_parent() -> None:
+    # Python 3.12+ warns (DeprecationWarning) when a process with threads forks.
+    stop = threading.Event()
+    helper = threading.Thread(target=stop.wait, daemon=True)
+    helper.start()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert opmap(workers=2, **FAST)(square)(range(6)) == [x * x for x in range(6)]
+    finally:
+        stop.set()
+        helper.join()
+    assert [str(w.message) for w in caught if "fork" in str(w.message)] == []
+
+
+# --- scripts, as users run them ---------------------------------------------------------
+
+
+SCRIPT = """
+import multiprocess, multiprocessing, sys
+multiprocess.set_start_method({global_method!r}, force=True)
+multiprocessing.set_start_method({global_method!r}, force=True)
+from opero import opmap
+
+def sq(x):
+    return x * x
+
+if __name__ == "__main__":
+    mapped = opmap(mode="process", workers=2, cache=False, progress=False{extra})(sq)
+    print(mapped(range(10)))
+    base = 3
+    print(opmap(mode="process", workers=2, progress=False{extra})(lambda x: x + base)([1, 2]))
+"""
+
+
+@pytest.mark.parametrize("method", [m for m in start_methods() if m != "fork"])
+@pytest.mark.parametrize("explicit", [False, True])
+def test_the_issue_script_maps_under_spawn_and_forkserver(
+    tmp_path: Path, method: str, explicit: bool
+) -> None:
+    extra = f", start_method={method!r}" if explicit else ""
+    script = tmp_path / "user_script.py"
+    script.write_text(SCRIPT.format(global_method=method, extra=extra))
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["[0, 1, 4, 9, 16, 25, 36, 49, 64, 81]", "[4, 5]"]
+
+
+# --- a killed parent --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL])
+def test_workers_of_a_killed_parent_exit_on_their_own(
+    start_method: str, how: signal.Signals
+) -> None:
+    code = textwrap.dedent(
+        f"""
+        import os, time
+        from opero import opmap
+
+        def slow(x):
+            os.write(1, f"worker {{os.getpid()}}\\n".encode())
+            time.sleep(60)
+            return x
+
+        if __name__ == "__main__":
+            opmap(mode="process", start_method={start_method!r}, workers=2, chunksize=1,
+                  cache=False, progress=False)(slow)(range(4))
+        """
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    assert parent.stdout is not None
+    try:
+        workers = {int(parent.stdout.readline().split()[1]) for _ in range(2)}
+        parent.send_signal(how)
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while live_processes(group=parent.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = live_processes(group=parent.pid)
+    finally:
+        parent.stdout.close()
+        for pid in live_processes(group=parent.pid):
+            os.kill(pid, signal.SIGKILL)
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+    assert workers
+    assert left == set()  # the workers, the fork server and the resource tracker are gone
