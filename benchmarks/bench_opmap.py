@@ -3,13 +3,16 @@
 - process, 10,000 trivial items: multiprocessing.Pool.map, ProcessPoolExecutor.map
   (chunksize as Pool.map picks it), joblib (loky), mpire, and opmap on its two process
   engines (twat-mp/pathos, the default, and the stdlib pool);
+- process, per start method (fork, forkserver, spawn): pool start-up (a map of one item
+  per worker) and 10,000 trivial items, against multiprocessing.Pool.map on the same
+  start method and joblib (loky, its own spawn-like start method, workers reused);
 - process, 8 CPU-bound items on `--workers` workers: speed-up over a serial loop;
 - thread, 200 items of 2 ms I/O (sleep) on 8 workers: ThreadPoolExecutor.map;
 - async, 2,000 items of 1 ms I/O on 100 workers: asyncio.gather with a semaphore.
 
 Medians of `--rounds` runs; ratios are opero / peer (below 1: opero is faster).
 
-    python benchmarks/bench_opmap.py [--rounds N] [--workers N] [--quick]
+    python benchmarks/bench_opmap.py [--rounds N] [--workers N] [--quick] [--only start-methods]
 """
 
 from __future__ import annotations
@@ -60,7 +63,10 @@ def median_ms(run: Callable[[], Any], rounds: int) -> float:
 def process_trivial(rounds: int, workers: int, count: int) -> None:
     items = range(count)
     chunksize = max(1, -(-count // (workers * 4)))
-    opero_map = opmap(mode="process", workers=workers, cache=False, progress=False)(trivial)
+    # Fork for all here, as the peers below use it; per start method: process_start_methods.
+    opero_map = opmap(
+        mode="process", workers=workers, start_method="fork", cache=False, progress=False
+    )(trivial)
 
     def opero_on(kind: str) -> Callable[[], Any]:
         def run() -> Any:
@@ -116,9 +122,66 @@ def process_trivial(rounds: int, workers: int, count: int) -> None:
         print(f"  {name:26} {value:8.1f} ms{ratio}")
 
 
+def process_start_methods(rounds: int, workers: int, count: int) -> None:
+    from joblib import Parallel, delayed
+
+    methods = [
+        m for m in ("fork", "forkserver", "spawn") if m in multiprocessing.get_all_start_methods()
+    ]
+    small, items = range(workers), range(count)
+
+    def opero_run(method: str, inputs: range) -> Callable[[], Any]:
+        mapped = opmap(
+            mode="process", workers=workers, start_method=method, cache=False, progress=False
+        )(trivial)
+        return lambda: mapped(inputs)
+
+    def pool_run(method: str, inputs: range) -> Callable[[], Any]:
+        def run() -> Any:
+            with multiprocessing.get_context(method).Pool(workers) as pool:
+                return pool.map(trivial, inputs)
+
+        return run
+
+    def joblib_run() -> Any:
+        return Parallel(n_jobs=workers)(delayed(trivial)(x) for x in items)
+
+    contenders: dict[str, Callable[[], Any]] = {"joblib": joblib_run}
+    for method in methods:
+        for size, inputs in (("start", small), ("items", items)):
+            contenders[f"opmap {method} {size}"] = opero_run(method, inputs)
+            contenders[f"Pool {method} {size}"] = pool_run(method, inputs)
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    names = list(contenders)
+    for number in range(rounds):
+        shift = number % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(median_ms(contenders[name], 1))
+    med = {name: statistics.median(values) for name, values in times.items()}
+    print(
+        f"process mode per start method, {workers} workers, medians of {rounds} rounds"
+        f" (start: a map of {workers} items; items: {count:,} trivial items):"
+    )
+    print(
+        f"  {'':11} {'opmap start':>11} {'Pool start':>10} {'ratio':>6}"
+        f" {'opmap items':>11} {'Pool items':>10} {'ratio':>6} {'/joblib':>8}"
+    )
+    for method in methods:
+        o_start, p_start = med[f"opmap {method} start"], med[f"Pool {method} start"]
+        o_items, p_items = med[f"opmap {method} items"], med[f"Pool {method} items"]
+        print(
+            f"  {method:11} {o_start:9.1f}ms {p_start:8.1f}ms {o_start / p_start:6.2f}"
+            f" {o_items:9.1f}ms {p_items:8.1f}ms {o_items / p_items:6.2f}"
+            f" {o_items / med['joblib']:8.2f}"
+        )
+    print(f"  joblib (loky, workers reused across rounds): {med['joblib']:.1f} ms for the items")
+
+
 def process_cpu(rounds: int, workers: int) -> None:
     items = list(range(8))
-    mapped = opmap(mode="process", workers=workers, cache=False, progress=False)(cpu_bound)
+    mapped = opmap(
+        mode="process", workers=workers, start_method="fork", cache=False, progress=False
+    )(cpu_bound)
 
     # Serial and parallel back to back in each round, and the median of the per-round
     # speed-ups: this machine's speed drifts by a third between minutes.
@@ -178,9 +241,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="a smoke run, for the tests")
+    parser.add_argument("--only", choices=["start-methods"], help="run this section alone")
     args = parser.parse_args()
     rounds = 2 if args.quick else args.rounds
-    process_trivial(rounds, args.workers, 1000 if args.quick else 10_000)
+    count = 1000 if args.quick else 10_000
+    if args.only == "start-methods":
+        process_start_methods(rounds, args.workers, count)
+        return
+    process_trivial(rounds, args.workers, count)
+    process_start_methods(rounds, args.workers, count)
     if not args.quick:
         process_cpu(rounds, args.workers)
     thread_io(rounds)

@@ -85,26 +85,30 @@ _SERVICES = ("forkserver import main", "resource_tracker import main")
 
 
 def live_processes(*, parent: int | None = None, group: int | None = None) -> set[int]:
-    """Live (not zombie) processes with this parent pid or process group, leaving out
-    the multiprocessing services in `_SERVICES` when asked by parent."""
-    from pathlib import Path
+    """Live (not zombie) processes: children of `parent` (but for the multiprocessing
+    services in `_SERVICES`), and members of the process group `group` (POSIX)."""
+    import os
 
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if fields[0] == "Z":
-            continue
-        service = any(name in command for name in _SERVICES)
-        if parent is not None and int(fields[1]) == parent and not service:
-            found.add(int(entry.name))
-        if group is not None and int(fields[2]) == group:
-            found.add(int(entry.name))
+    import psutil
+
+    found: set[int] = set()
+    if parent is not None:
+        for child in psutil.Process(parent).children():
+            try:
+                if child.status() == psutil.STATUS_ZOMBIE:
+                    continue
+                command = " ".join(child.cmdline())
+            except psutil.Error:
+                continue
+            if not any(name in command for name in _SERVICES):
+                found.add(child.pid)
+    if group is not None:
+        for process in psutil.process_iter():
+            try:
+                if os.getpgid(process.pid) == group and process.status() != psutil.STATUS_ZOMBIE:
+                    found.add(process.pid)
+            except (OSError, psutil.Error):
+                continue
     return found
 
 

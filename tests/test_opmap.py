@@ -20,6 +20,7 @@ from helpers import live_processes, max_starts_in_window, peak_overlap, start_me
 from opero import OpmapError, RemoteError, WorkerCrashedError, opmap
 from opero import opero as opero_
 
+POSIX_ONLY = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and sessions")
 FAST = {"retries": 0, "progress": False}
 # Process mode once per start method, and thread mode.
 MODES = [*start_methods(), "thread"]
@@ -247,6 +248,7 @@ def test_process_failure_modes_end_quickly_and_keep_the_rest(start_method: str) 
     assert "could not be sent back" in str(results[5])
 
 
+@POSIX_ONLY
 def test_a_worker_killed_by_a_signal_fails_its_item_and_the_map_goes_on(start_method: str) -> None:
     def killer(x: int) -> int:
         if x == 7:
@@ -340,6 +342,7 @@ async def test_async_workers_is_exact() -> None:
 # --- interruption ----------------------------------------------------------------------
 
 
+@POSIX_ONLY
 def test_ctrl_c_to_the_process_group_stops_the_map_and_leaves_no_worker(
     start_method: str,
 ) -> None:

@@ -25,6 +25,7 @@ from helpers import live_processes, start_methods
 from opero import OpmapError, opero, opmap
 from opero.concurrency import start
 
+POSIX_ONLY = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and sessions")
 FAST = {"retries": 0, "progress": False, "cache": False}
 
 
@@ -275,10 +276,8 @@ def test_the_issue_script_maps_under_spawn_and_forkserver(
 # --- a killed parent --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("how", [signal.SIGKILL])
-def test_workers_of_a_killed_parent_exit_on_their_own(
-    start_method: str, how: signal.Signals
-) -> None:
+@POSIX_ONLY
+def test_workers_of_a_killed_parent_exit_on_their_own(start_method: str) -> None:
     code = textwrap.dedent(
         f"""
         import os, time
@@ -304,7 +303,7 @@ def test_workers_of_a_killed_parent_exit_on_their_own(
     assert parent.stdout is not None
     try:
         workers = {int(parent.stdout.readline().split()[1]) for _ in range(2)}
-        parent.send_signal(how)
+        parent.send_signal(signal.SIGKILL)
         parent.wait(timeout=10)
         deadline = time.monotonic() + 10
         while live_processes(group=parent.pid) and time.monotonic() < deadline:
