@@ -146,7 +146,13 @@ def process_start_methods(rounds: int, workers: int, count: int) -> None:
     def joblib_run() -> Any:
         return Parallel(n_jobs=workers)(delayed(trivial)(x) for x in items)
 
-    contenders: dict[str, Callable[[], Any]] = {"joblib": joblib_run}
+    def joblib_cold() -> Any:  # its workers started for this map, as opmap's are
+        from joblib.externals.loky import get_reusable_executor
+
+        get_reusable_executor().shutdown(wait=True)
+        return joblib_run()
+
+    contenders: dict[str, Callable[[], Any]] = {"joblib": joblib_run, "joblib cold": joblib_cold}
     for method in methods:
         for size, inputs in (("start", small), ("items", items)):
             contenders[f"opmap {method} {size}"] = opero_run(method, inputs)
@@ -164,7 +170,7 @@ def process_start_methods(rounds: int, workers: int, count: int) -> None:
     )
     print(
         f"  {'':11} {'opmap start':>11} {'Pool start':>10} {'ratio':>6}"
-        f" {'opmap items':>11} {'Pool items':>10} {'ratio':>6} {'/joblib':>8}"
+        f" {'opmap items':>11} {'Pool items':>10} {'ratio':>6} {'/joblib':>8} {'/cold':>6}"
     )
     for method in methods:
         o_start, p_start = med[f"opmap {method} start"], med[f"Pool {method} start"]
@@ -172,9 +178,12 @@ def process_start_methods(rounds: int, workers: int, count: int) -> None:
         print(
             f"  {method:11} {o_start:9.1f}ms {p_start:8.1f}ms {o_start / p_start:6.2f}"
             f" {o_items:9.1f}ms {p_items:8.1f}ms {o_items / p_items:6.2f}"
-            f" {o_items / med['joblib']:8.2f}"
+            f" {o_items / med['joblib']:8.2f} {o_items / med['joblib cold']:6.2f}"
         )
-    print(f"  joblib (loky, workers reused across rounds): {med['joblib']:.1f} ms for the items")
+    print(
+        f"  joblib (loky) for the items: {med['joblib']:.1f} ms with its workers reused"
+        f" across rounds (/joblib), {med['joblib cold']:.1f} ms started for the map (/cold)"
+    )
 
 
 def process_cpu(rounds: int, workers: int) -> None:

@@ -273,6 +273,27 @@ def test_the_issue_script_maps_under_spawn_and_forkserver(
     assert done.stdout.splitlines() == ["[0, 1, 4, 9, 16, 25, 36, 49, 64, 81]", "[4, 5]"]
 
 
+def test_what_items_print_in_workers_is_not_lost(start_method: str) -> None:
+    # The pool is terminated once every answer is in: workers flush after each chunk.
+    code = textwrap.dedent(
+        f"""
+        from opero import opmap
+
+        def shout(x):
+            print(f"item {{x}}")  # block-buffered: stdout is a pipe
+            return x
+
+        if __name__ == "__main__":
+            opmap(mode="process", start_method={start_method!r}, workers=2, cache=False,
+                  progress=False)(shout)(range(20))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert sorted(done.stdout.splitlines()) == sorted(f"item {x}" for x in range(20))
+
+
 # --- a killed parent --------------------------------------------------------------------
 
 

@@ -13,7 +13,6 @@ shared array, so the parent can tell which chunk a dead worker was running.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import pickle
 import signal
@@ -92,7 +91,11 @@ def run_items(
     failures: dict[int, BaseException] = {}
     append = results.append
     pipeline, args, kwargs, direct = job.pipeline, job.args, job.kwargs, job.direct
-    runner = asyncio.Runner() if job.is_async else None
+    runner = None
+    if job.is_async:  # asyncio costs a spawned worker ~40 ms to import: only when needed
+        import asyncio
+
+        runner = asyncio.Runner()
     remaining = iter(items)
     try:
         while True:
@@ -261,7 +264,17 @@ def run_chunk_in_process(chunk_number: int, payload: bytes) -> bytes:
     if _events:
         outcome.events = _events[:]
         _events.clear()
+    _flush_output()  # the pool is terminated, not joined, once every chunk answered
     return encode_outcome(outcome)
+
+
+def _flush_output() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:  # a closed or broken stream is the item's business
+            pass
 
 
 def portable_error(exc: Exception) -> Exception:
