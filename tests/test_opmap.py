@@ -521,6 +521,17 @@ def test_progress_bar_shows_count_and_failures_when_forced(
     assert "failed=1" in err
 
 
+def test_process_mode_progress_counts_every_item(
+    capsys: pytest.CaptureFixture[str], start_method: str
+) -> None:
+    opmap(**on(start_method), workers=2, retries=0, progress="always", return_exceptions=True)(
+        fails_on_three
+    )(range(10))
+    err = capsys.readouterr().err
+    assert "10/10" in err
+    assert "failed=1" in err
+
+
 def test_progress_bar_stays_hidden_off_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
     opmap(mode="thread", workers=2, retries=0)(square)(range(10))
     assert capsys.readouterr().err == ""
@@ -1022,3 +1033,26 @@ def test_a_cluster_task_failed_as_a_whole_sends_its_items_once_more_alone() -> N
     assert found[0] == 0
     assert found[2] == 20
     assert isinstance(found[1], WorkerCrashedError)
+
+
+@pytest.mark.parametrize("mode", ["fork", "thread"])
+def test_a_map_starts_no_more_workers_than_it_has_items(
+    monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    from opero.concurrency import pool
+
+    started: list[int] = []
+    original = pool.engine_for
+
+    def spy(kind: str, job: Any, workers: int, where: Any = None) -> Any:
+        started.append(workers)
+        return original(kind, job, workers, where)
+
+    monkeypatch.setattr(pool, "engine_for", spy)
+    mapped = opmap(**on(mode), workers=16, **FAST)(square)
+    assert mapped([1, 2, 3]) == [1, 4, 9]
+    assert mapped(iter([1, 2, 3])) == [1, 4, 9]  # no length: all 16
+    assert mapped([]) == []
+    assert started == [3, 16, 1]
+    with pytest.raises(ValueError, match="workers must be at most 4,096 in mode='thread'"):
+        opmap(mode="thread", workers=4097)

@@ -288,8 +288,15 @@ def test_what_items_print_in_workers_is_not_lost(start_method: str) -> None:
                   progress=False)(shout)(range(20))
         """
     )
+    # Block-buffered, as a pipe is by default: unbuffered writers interleave mid-line.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env=env,
     )
     assert sorted(done.stdout.splitlines()) == sorted(f"item {x}" for x in range(20))
 

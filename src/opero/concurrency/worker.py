@@ -4,10 +4,11 @@ No exception ever leaves a chunk. Each item's outcome is recorded (its result, o
 exception in a form the parent can rebuild), so a failing item never costs the others,
 and the pool engine never sees an exception it could mishandle.
 
-Process workers get their pipeline once, through the pool initializer (inherited at fork,
-never pickled per item), take their items as stdlib-pickled bytes and answer in bytes: the
-engine (multiprocess, on dill) then only moves bytes, and dill's pure-Python pickler stays
-off the hot path. Before each chunk a worker writes the chunk's number into its slot of a
+Process workers get their pipeline once, through the pool initializer: inherited under
+fork, built from a cloudpickle payload under forkserver and spawn (`opero.concurrency.start`),
+never pickled per item. They take their items as stdlib-pickled bytes and answer in bytes:
+the engine (multiprocess, on dill) then only moves bytes, and dill's pure-Python pickler
+stays off the hot path. Before each chunk a worker writes the chunk's number into its slot of a
 shared array, so the parent can tell which chunk a dead worker was running.
 """
 

@@ -18,9 +18,12 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from opero.exceptions import BulkheadFullError
+from opero.utils.waits import acquire_within
 
 if TYPE_CHECKING:
     import asyncio
+
+_TOKENS_AT_ONCE = 64  # tokens made up front; more are made as callers take them
 
 
 class _Waiter:
@@ -61,7 +64,11 @@ class Slots:
     """
 
     def __init__(self, limit: int) -> None:
-        self.tokens = deque([None] * limit)
+        # Tokens are made as needed: the deque holds at most the most slots ever taken
+        # at once, so a limit of 10**12 costs what a limit of 64 does.
+        made = min(limit, _TOKENS_AT_ONCE)
+        self.tokens = deque([None] * made)
+        self.unmade = limit - made  # slots never taken yet; read and changed under _lock
         self._lock = threading.Lock()
         self.waiters: deque[_Waiter] = deque()
 
@@ -70,8 +77,15 @@ class Slots:
         try:
             self.tokens.pop()
         except IndexError:
-            return False
+            return self.unmade > 0 and self._take_unmade()
         return True
+
+    def _take_unmade(self) -> bool:
+        with self._lock:
+            if self.unmade > 0:
+                self.unmade -= 1
+                return True
+        return False
 
     def _queue(self, waiter: _Waiter) -> bool:
         """Queue `waiter`, or take a slot at once (True) if one is free by now."""
@@ -81,6 +95,9 @@ class Slots:
             except IndexError:
                 pass
             else:
+                return True
+            if self.unmade > 0:
+                self.unmade -= 1
                 return True
             self.waiters.append(waiter)
             # A releaser may have put a token back between our look and our queueing,
@@ -107,7 +124,7 @@ class Slots:
         if self._queue(waiter):
             return True
         try:
-            if waiter.lock.acquire(timeout=-1 if wait is None else wait):
+            if waiter.lock.acquire() if wait is None else acquire_within(waiter.lock, wait):
                 return True
         except BaseException:  # e.g. KeyboardInterrupt while queued
             if self._give_up(waiter):

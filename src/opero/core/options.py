@@ -159,6 +159,11 @@ def _bool(where: str, value: object) -> None:
         raise TypeError(f"{where} must be True or False, got {value!r}")
 
 
+# The longest duration any option in seconds may give (about 31.7 years): longer ones
+# cannot be scheduled everywhere (a lock wait of 9.3e9 s overflows time_t on Linux).
+MAX_SECONDS = 1e9
+
+
 def _number(where: str, value: object, *, low: float, low_inclusive: bool) -> None:
     if not _is_number(value):
         raise TypeError(f"{where} must be a number, got {value!r}")
@@ -169,13 +174,22 @@ def _number(where: str, value: object, *, low: float, low_inclusive: bool) -> No
         raise ValueError(f"{where} must be a finite number {relation} {low:g}, got {value!r}")
 
 
+def _seconds(where: str, value: object, *, low_inclusive: bool) -> None:
+    _number(where, value, low=0, low_inclusive=low_inclusive)
+    assert isinstance(value, int | float)
+    if value > MAX_SECONDS:
+        raise ValueError(
+            f"{where} must be at most {MAX_SECONDS:g} seconds (about 31 years), got {value!r}"
+        )
+
+
 def _positive_or_none(where: str, value: object) -> None:
     if value is not None:
-        _number(where, value, low=0, low_inclusive=False)
+        _seconds(where, value, low_inclusive=False)
 
 
 def _non_negative(where: str, value: object) -> None:
-    _number(where, value, low=0, low_inclusive=True)
+    _seconds(where, value, low_inclusive=True)
 
 
 def _backoff_factor(where: str, value: object) -> None:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from opero.exceptions import AttemptTimeoutError, DeadlineExceededError
 from opero.utils.logging import log
+from opero.utils.waits import acquire_within
 
 if TYPE_CHECKING:
     import asyncio
@@ -309,7 +310,7 @@ class _ThreadRunner:
             ).start()
         inbox.put(job)
         try:
-            if not job.done.acquire(True, limit):
+            if not acquire_within(job.done, limit):
                 with self._lock:
                     abandoned = job.abandoned = not job.finished
                     if abandoned:  # tells the thread nobody waits any more

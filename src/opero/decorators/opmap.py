@@ -40,6 +40,9 @@ P = ParamSpec("P")
 T_contra = TypeVar("T_contra", contravariant=True)
 
 MODES = ("process", "thread", "async", "dask", "ray")
+# The most workers a map may ask for: more processes or threads than these fail to start
+# on ordinary machines (a map never starts more workers than it has items).
+MAX_WORKERS = {"process": 1024, "thread": 4096, "async": 1_000_000, "dask": 4096, "ray": 4096}
 CLUSTER_MODES = frozenset({"dask", "ray"})
 
 
@@ -164,6 +167,12 @@ def _map_settings(given: dict[str, Any]) -> MapSettings:
             raise TypeError(f"opmap(): {name} must be an int or None, got {value!r}")
         if value < 1:
             raise ValueError(f"opmap(): {name} must be >= 1, got {value!r}")
+    most = MAX_WORKERS[mode]
+    if workers is not None and workers > most:
+        raise ValueError(
+            f"opmap(): workers must be at most {most:,} in mode={mode!r} (each is a "
+            f"{'task' if mode == 'async' else 'thread or process'}), got {workers!r}"
+        )
     if chunksize is not None and mode == "async":
         raise ValueError("opmap(): chunksize applies to process and thread mode, not async")
     for name in ("ordered", "return_exceptions"):
@@ -277,9 +286,14 @@ class _Map:
             self.func, options, args, kwargs, method=method, job=job, limiter=limiter
         ), method
 
-    def workers(self) -> int:
+    def workers(self, items: object = None) -> int:
+        """Workers for a map of `items`: never more than it has items, when it has a
+        length (a pool of 32 threads for 3 items costs 29 threads for nothing)."""
         assert self.settings.workers is not None
-        return self.settings.workers
+        total = _length(items)
+        if total is None:
+            return self.settings.workers
+        return max(1, min(self.settings.workers, total))
 
     def outcomes(
         self,
@@ -291,7 +305,7 @@ class _Map:
         from opero.concurrency.pool import ChunkSizer, Dispatcher, ParentCache, engine_for
         from opero.concurrency.worker import Job
 
-        mode, workers = self.settings.mode, self.workers()
+        mode, workers = self.settings.mode, self.workers(items)
         cache = None if self.cache_step is None else ParentCache(self.cache_step, args, kwargs)
         if mode in CLUSTER_MODES:
             from opero.concurrency.start import job_payload
@@ -329,7 +343,7 @@ class _Map:
     ) -> AsyncIterator[Batch]:
         from opero.concurrency.pool import dispatch_async
 
-        return dispatch_async(self.pipeline, items, args, kwargs, self.workers(), low)
+        return dispatch_async(self.pipeline, items, args, kwargs, self.workers(items), low)
 
     def progress(self, items: Any) -> Progress:
         from opero.concurrency.progress import Progress
