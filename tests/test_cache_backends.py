@@ -276,7 +276,7 @@ def test_cli_lists_and_clears_namespaces(cache_dir: Path) -> None:
 
     code, out = cli("clear", "--all", "--yes")
     assert code == 0
-    assert "cleared beta: 1 entries" in out
+    assert "cleared beta: 1 entry" in out
 
 
 @pytest.mark.parametrize("bad", ["..", "../etc", "/abs"])

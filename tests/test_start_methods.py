@@ -305,7 +305,8 @@ def test_what_items_print_in_workers_is_not_lost(start_method: str) -> None:
 
 
 @POSIX_ONLY
-def test_workers_of_a_killed_parent_exit_on_their_own(start_method: str) -> None:
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_workers_of_a_killed_parent_exit_on_their_own(start_method: str, how: str) -> None:
     code = textwrap.dedent(
         f"""
         import os, time
@@ -331,7 +332,7 @@ def test_workers_of_a_killed_parent_exit_on_their_own(start_method: str) -> None
     assert parent.stdout is not None
     try:
         workers = {int(parent.stdout.readline().split()[1]) for _ in range(2)}
-        parent.send_signal(signal.SIGKILL)
+        parent.send_signal(getattr(signal, how))
         parent.wait(timeout=10)
         deadline = time.monotonic() + 10
         while live_processes(group=parent.pid) and time.monotonic() < deadline:

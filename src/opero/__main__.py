@@ -7,7 +7,10 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m opero", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m opero",
+        description="opero's command line: a demo, and its disk caches (list, clear).",
+    )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("demo", help="run opero against a simulated flaky service")

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     for folder in targets:
         with _open(folder) as cache:
             removed = cache.clear(retry=True)
-        print(f"cleared {folder.name}: {removed} entries")
+        print(f"cleared {folder.name}: {removed} {'entry' if removed == 1 else 'entries'}")
     return 0
 
 

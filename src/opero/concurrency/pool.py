@@ -264,10 +264,14 @@ class ParentCache:
         return "first", key
 
     def settle(self, key: Any, ok: bool, value: Any) -> list[int]:
-        """Store a success; the indices of this map's other items with the same key."""
+        """Store a success; the indices of this map's other items with the same key,
+        which count as cache hits when it succeeded (as they would in one process)."""
+        others = self.waiting.pop(key, [])
         if ok:
             self.step.store(key, value)
-        return self.waiting.pop(key, [])
+            for _ in others:
+                self.step.count_hit()
+        return others
 
 
 class Batch(NamedTuple):

@@ -135,6 +135,7 @@ class CacheStep:
         self.hits = 0
         self.misses = 0
         self.observer: Observer = NEVER_OBSERVED  # hits are events while it is on
+        self.name = ""  # the function's, for log lines (set by build_cache_step)
         self._lock = threading.Lock()
         self._flights: dict[Any, _Flight] = {}
         self._async_flights: dict[Any, Any] = {}  # key -> asyncio.Future
@@ -200,7 +201,7 @@ class CacheStep:
                 return _UNBOUND
             if self.custom_key:
                 raise problem
-            _log_cache_problem("key", problem)
+            _log_cache_problem(self.name, "key", problem)
             return _UNBOUND
         if isinstance(problem, KeyError):
             return key
@@ -208,9 +209,9 @@ class CacheStep:
             try:
                 return self.freeze(key)
             except UnkeyableArgumentsError as exc:
-                _log_cache_problem("key", exc)
+                _log_cache_problem(self.name, "key", exc)
                 return _UNBOUND
-        _log_cache_problem("read", problem)
+        _log_cache_problem(self.name, "read", problem)
         return _UNBOUND
 
     def miss_sync(
@@ -224,8 +225,9 @@ class CacheStep:
                     flight = self._flights[key] = _Flight()
             if leader:
                 break
-            outcome = flight.outcome()
+            outcome = flight.outcome()  # raises the leader's exception, if it failed
             if outcome is not _ABANDONED:
+                self.count_hit()  # served by the leader's computation: a hit, not a call
                 return outcome
         try:
             flight.value = self._compute_sync(func, args, kwargs, key)
@@ -261,17 +263,9 @@ class CacheStep:
         import asyncio
 
         loop = asyncio.get_running_loop()
-        while True:
-            shared = self._async_flights.get(key)
-            if shared is None or shared.get_loop() is not loop:
-                break
-            try:
-                return await asyncio.shield(shared)
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if not shared.cancelled() or (current is not None and current.cancelling()):
-                    raise  # this waiter was cancelled (too), not only the computation
-                # Only the leader was cancelled: the next waiter computes.
+        shared_value = await self._follow_async(key, loop)
+        if shared_value is not _UNBOUND:
+            return shared_value
         future = loop.create_future()
         self._async_flights[key] = future
         try:
@@ -289,7 +283,7 @@ class CacheStep:
             try:
                 await _maybe_await(self.backend, "aset", "set", key, value, self.ttl)
             except Exception as exc:
-                _log_cache_problem("write", exc)
+                _log_cache_problem(self.name, "write", exc)
         except asyncio.CancelledError:
             future.cancel()
             raise
@@ -303,6 +297,26 @@ class CacheStep:
         finally:
             if self._async_flights.get(key) is future:
                 del self._async_flights[key]
+
+    async def _follow_async(self, key: Any, loop: Any) -> Any:
+        """The value a task of this loop already computes for `key` (a hit), or
+        `_UNBOUND` when this caller is to compute it."""
+        import asyncio
+
+        while True:
+            shared = self._async_flights.get(key)
+            if shared is None or shared.get_loop() is not loop:
+                return _UNBOUND
+            try:
+                value = await asyncio.shield(shared)
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if not shared.cancelled() or (current is not None and current.cancelling()):
+                    raise  # this waiter was cancelled (too), not only the computation
+                # Only the leader was cancelled: the next waiter computes.
+            else:
+                self.count_hit()  # served by the leader's computation: a hit, not a call
+                return value
 
     # Lookups by callers that run the function elsewhere (`@opmap`'s parent process);
     # the wrappers above inline the same decisions on their hot path.
@@ -323,7 +337,7 @@ class CacheStep:
             value = self.backend.get(key)
         except Exception as exc:
             if not isinstance(exc, KeyError):
-                _log_cache_problem("read", exc)
+                _log_cache_problem(self.name, "read", exc)
             self.misses += 1
             return MISSING
         self.count_hit()
@@ -339,7 +353,7 @@ class CacheStep:
         try:
             self.backend.set(key, value, self.ttl)
         except Exception as exc:
-            _log_cache_problem("write", exc)
+            _log_cache_problem(self.name, "write", exc)
 
     def clear(self) -> None:
         self.backend.clear()
@@ -351,14 +365,19 @@ class CacheStep:
             try:
                 size = len(self.backend)
             except Exception as exc:  # statistics must not fail when the backend is down
-                _log_cache_problem("size", exc)
+                _log_cache_problem(self.name, "size", exc)
         return CacheInfo(self.hits, self.misses, size)
 
 
-def _log_cache_problem(action: str, exc: Exception) -> None:
+def _log_cache_problem(name: str, action: str, exc: Exception) -> None:
     from opero.utils.logging import log
 
-    log().warning("cache {} failed with {}; calling without the cache", action, type(exc).__name__)
+    log().warning(
+        "{}(): cache {} failed with {}; calling without the cache",
+        name or "?",
+        action,
+        type(exc).__name__,
+    )
 
 
 async def _maybe_await(backend: Any, async_name: str, sync_name: str, *args: Any) -> Any:
@@ -370,6 +389,12 @@ async def _maybe_await(backend: Any, async_name: str, sync_name: str, *args: Any
 
 def build_cache_step(func: Callable[..., Any], options: OperoOptions) -> CacheStep:
     """The cache step `options` ask for, for `func` (at decoration)."""
+    step = _cache_step(func, options)
+    step.name = getattr(func, "__qualname__", None) or type(func).__qualname__
+    return step
+
+
+def _cache_step(func: Callable[..., Any], options: OperoOptions) -> CacheStep:
     keys = KeyBuilder(func, options.cache_key)
     custom = options.cache_key is not None
     backend = options.cache_backend

@@ -7,8 +7,11 @@ directory or Redis database must be trusted like code, since unpickling runs cod
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +62,22 @@ class DiskBackend:
             ) from exc
         self.prefix = identity + ":"
         self._cache = diskcache.Cache(str(self.directory))
+        self._closers = threading.local()
+        self._closes_with_thread()  # the connection that creating the cache opened
+        # A backend collected as part of a reference cycle: its objects' finalizers run
+        # in no set order, the connection's (which warns) possibly before the closer's.
+        # Weakref callbacks run before any of them: close this thread's connection there.
+        weakref.finalize(self, _close_this_threads, self._closers)
+
+    def _closes_with_thread(self) -> None:
+        """diskcache opens one SQLite connection per thread and leaves it to the garbage
+        collector when the thread ends (Python 3.13+ warns: "unclosed database"). A
+        `_Closer` in this thread's local storage holds the connection and closes it
+        there, as the thread's locals are cleared."""
+        if getattr(self._closers, "closer", None) is None:
+            con = self._cache._local.__dict__.get("con")  # diskcache's thread-local
+            if con is not None:
+                self._closers.closer = _Closer(con)
 
     def get(self, key: str) -> object:
         import sqlite3
@@ -73,15 +92,19 @@ class DiskBackend:
             # The entry no longer unpickles (its class moved, ...): drop it, recompute.
             self._cache.delete(key, retry=True)
             raise KeyError(key) from None
+        finally:
+            self._closes_with_thread()
         if value is _MISSING:
             raise KeyError(key)
         return value
 
     def set(self, key: str, value: object, ttl: float | None) -> None:
         self._cache.set(key, value, expire=ttl, retry=True)
+        self._closes_with_thread()
 
     def delete(self, key: str) -> None:
         self._cache.delete(key, retry=True)
+        self._closes_with_thread()
 
     def _own_keys(self) -> list[str]:
         return [
@@ -95,6 +118,29 @@ class DiskBackend:
     def __len__(self) -> int:
         self._cache.expire()
         return len(self._own_keys())
+
+
+def _close_this_threads(closers: threading.local) -> None:
+    closer = getattr(closers, "closer", None)
+    if closer is not None:
+        closer.__del__()
+
+
+class _Closer:
+    """Closes one thread's SQLite connection when that thread's locals go (see
+    `DiskBackend._closes_with_thread`); never from another thread, which SQLite refuses."""
+
+    __slots__ = ("con", "thread")
+
+    def __init__(self, con: Any) -> None:
+        self.con = con
+        self.thread = threading.get_ident()
+
+    def __del__(self) -> None:
+        if threading.get_ident() == self.thread:
+            # Already closed, or the interpreter is going away: nothing more to do.
+            with contextlib.suppress(Exception):
+                self.con.close()
 
 
 class RedisBackend:

@@ -53,9 +53,44 @@ def opero(
     here, at decoration, never at call time.
     """
     validated = build_options("opero", dict(options))
+    cache_given = "cache" in options
     if func is None:
-        return functools.partial(decorate, options=validated)
-    return decorate(func, validated)
+        return functools.partial(decorate_for_user, options=validated, cache_given=cache_given)
+    return decorate_for_user(func, validated, cache_given)
+
+
+def decorate_for_user(
+    func: Callable[P, R], options: OperoOptions, cache_given: bool, decorator: str = "opero"
+) -> Callable[P, R]:
+    """`decorate`, after what only the function itself can tell: a generator function
+    is refused, and one annotated ``-> None`` (called for its side effects) is cached
+    only when the user asked for the cache."""
+    check_not_generator(decorator, func)
+    if options.cache and not cache_given and returns_none(func):
+        options = options._replace(cache=False)
+    return decorate(func, options)
+
+
+def check_not_generator(decorator: str, func: Any) -> None:
+    inner = _innermost(getattr(func, "__func__", func))
+    if inspect.isgeneratorfunction(inner) or inspect.isasyncgenfunction(inner):
+        name = _display_name(inner)
+        raise TypeError(
+            f"{decorator}() cannot wrap the generator function {name}: retries and the "
+            "cache would see the generator object, not the items it yields (a failure "
+            "while iterating would never be retried, and a cached generator is empty "
+            "once consumed); decorate a function that returns the items as a list"
+        )
+
+
+def returns_none(func: Any) -> bool:
+    """Annotated ``-> None``: called for what it does, so a cache hit would skip that."""
+    inner = _innermost(getattr(func, "__func__", func))
+    annotations = getattr(inner, "__annotations__", None)
+    if not isinstance(annotations, dict) or "return" not in annotations:
+        return False
+    annotation = annotations["return"]
+    return annotation is None or annotation is type(None) or annotation == "None"
 
 
 def decorate(func: Callable[P, R], options: OperoOptions) -> Callable[P, R]:

@@ -9,6 +9,7 @@ dispatcher's per-item outcomes (`opero.concurrency.pool`) into a list, a stream,
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
 from typing import (
@@ -27,12 +28,19 @@ from typing import (
 from opero.core.cache import CacheInfo, build_cache_step
 from opero.core.direct import direct_of
 from opero.core.options import OperoKwargs, OperoOptions, build_options
-from opero.decorators.opero import _display_name, _is_async, decorate
+from opero.decorators.opero import (
+    _display_name,
+    _is_async,
+    check_not_generator,
+    decorate,
+    returns_none,
+)
 from opero.exceptions import OpmapError
 
 if TYPE_CHECKING:
     from opero.concurrency.pool import Batch
     from opero.concurrency.progress import Progress
+    from opero.core.events import Stats
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -74,6 +82,12 @@ class Mapper(Protocol[T_contra, P, R]):
 
     def cache_info(self) -> CacheInfo: ...
 
+    def stats(self) -> Stats:
+        """Counts over every map's items (``stats=True``), whichever process ran them."""
+        ...
+
+    def reset_stats(self) -> None: ...
+
 
 class AsyncMapper(Protocol[T_contra, P, R]):
     """What `@opmap(mode="async")` makes of an async function."""
@@ -97,6 +111,12 @@ class AsyncMapper(Protocol[T_contra, P, R]):
     def cache_clear(self) -> None: ...
 
     def cache_info(self) -> CacheInfo: ...
+
+    def stats(self) -> Stats:
+        """Counts over every map's items (``stats=True``), whichever process ran them."""
+        ...
+
+    def reset_stats(self) -> None: ...
 
 
 class MapSettings(NamedTuple):
@@ -147,9 +167,12 @@ def opmap(func: Any = None, /, **options: Any) -> Any:
     own = {name: options.pop(name) for name in list(options) if name in MapSettings._fields}
     settings = _map_settings(own)
     validated = build_options("opmap", options)
+    cache_given = "cache" in options
     if func is None:
-        return functools.partial(_build, settings=settings, options=validated)
-    return _build(func, settings, validated)
+        return functools.partial(
+            _build, settings=settings, options=validated, cache_given=cache_given
+        )
+    return _build(func, settings, validated, cache_given)
 
 
 def _map_settings(given: dict[str, Any]) -> MapSettings:
@@ -235,6 +258,14 @@ class _Map:
             self.pipeline = decorate(func, options._replace(cache=False))
             if options.cache:
                 self.cache_step = build_cache_step(func, options)
+                # Hits served here are the function's events (and count in its stats).
+                self.cache_step.observer = self.pipeline.__opero_observer__  # type: ignore[attr-defined]
+                self.cache_step.observer.cached = True
+            if settings.mode in CLUSTER_MODES and options.stats:
+                raise ValueError(
+                    f"opmap(mode={settings.mode!r}): stats=True counts in this process, and "
+                    "the items run on the cluster's workers; use on_event hooks there"
+                )
             if settings.mode in CLUSTER_MODES and (
                 options.rate_limit is not None and options.rate_limit_backend != "redis"
             ):
@@ -372,7 +403,8 @@ class _Map:
                     results[base + offset] = failures[base + offset] = error
         if failures and not self.settings.return_exceptions:
             raise OpmapError(
-                f"{len(failures)} of {len(results)} items of {self.name} failed",
+                f"{len(failures)} of {len(results)} item{'' if len(results) == 1 else 's'} "
+                f"of {self.name} failed",
                 [failures[position] for position in sorted(failures)],
                 results,
                 failures,
@@ -406,7 +438,8 @@ class _Map:
     def finish_stream(self, failures: dict[int, Any]) -> None:
         if failures:
             raise OpmapError(
-                f"{len(failures)} items of {self.name} failed (the others were yielded)",
+                f"{len(failures)} item{'' if len(failures) == 1 else 's'} of {self.name} "
+                "failed (the others were yielded)",
                 [failures[index] for index in sorted(failures)],
                 [],
                 failures,
@@ -431,9 +464,14 @@ class _Reorder:
         return ready
 
 
-def _build(func: Callable[..., Any], settings: MapSettings, options: OperoOptions) -> Any:
+def _build(
+    func: Callable[..., Any], settings: MapSettings, options: OperoOptions, cache_given: bool
+) -> Any:
     if isinstance(func, classmethod | staticmethod) or not callable(func):
         raise TypeError(f"opmap() decorates a function, got {func!r}")
+    check_not_generator("opmap", func)
+    if options.cache and not cache_given and returns_none(func):
+        options = options._replace(cache=False)  # called for its side effects
     state = _Map(func, settings, options)
     if settings.mode == "async":
         if not state.is_async:
@@ -445,14 +483,58 @@ def _build(func: Callable[..., Any], settings: MapSettings, options: OperoOption
     else:
         wrapper = _sync_wrappers(state)
     functools.update_wrapper(wrapper, func)
+    wrapper.__signature__ = _mapper_signature(func)  # type: ignore[attr-defined]
     step = state.cache_step
     wrapper.cache_clear = step.clear if step else state.pipeline.cache_clear  # type: ignore[attr-defined]
     wrapper.cache_info = step.info if step else state.pipeline.cache_info  # type: ignore[attr-defined]
+    # Counted in this process: thread and async items directly, process items as their
+    # events come back with each chunk, parent-side cache hits as they are served.
+    wrapper.stats = state.pipeline.stats  # type: ignore[attr-defined]
+    wrapper.reset_stats = state.pipeline.reset_stats  # type: ignore[attr-defined]
     return wrapper
+
+
+def _mapper_signature(func: Callable[..., Any]) -> inspect.Signature | None:
+    """What the caller calls: ``(items, /, <the function's other parameters>)``, not the
+    per-item signature that `inspect.signature` would find through ``__wrapped__``."""
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):
+        return None
+    parameters = list(signature.parameters.values())
+    rest = parameters
+    annotation: Any = inspect.Parameter.empty
+    if parameters and parameters[0].kind is not inspect.Parameter.VAR_POSITIONAL:
+        first, rest = parameters[0], parameters[1:]
+        if first.annotation is not inspect.Parameter.empty:
+            item = first.annotation
+            annotation = f"Iterable[{item}]" if isinstance(item, str) else Iterable[item]  # type: ignore[valid-type]
+    items = inspect.Parameter("items", inspect.Parameter.POSITIONAL_ONLY, annotation=annotation)
+    result = signature.return_annotation
+    if result is not inspect.Signature.empty:
+        result = f"list[{result}]" if isinstance(result, str) else list[result]  # type: ignore[valid-type]
+    rest = [
+        p.replace(kind=inspect.Parameter.POSITIONAL_ONLY)
+        if p.kind is inspect.Parameter.POSITIONAL_ONLY
+        else p
+        for p in rest
+    ]
+    return signature.replace(parameters=[items, *rest], return_annotation=result)
+
+
+def _check_items(name: str, items: object) -> None:
+    if isinstance(items, str | bytes | bytearray):
+        kind = type(items).__name__
+        raise TypeError(
+            f"{name}() maps over items, and got a single {kind}: it would be mapped one "
+            f"character at a time. Pass a list of them ([{kind}_value]), or call the "
+            "function itself for one value"
+        )
 
 
 def _sync_wrappers(state: _Map) -> Callable[..., Any]:
     def mapped(items: Iterable[Any], /, *args: Any, **kwargs: Any) -> list[Any]:
+        _check_items(state.name, items)
         progress = state.progress(items)
         batches: list[Batch] = []
         try:
@@ -464,6 +546,7 @@ def _sync_wrappers(state: _Map) -> Callable[..., Any]:
         return state.collect(batches)
 
     def imap(items: Iterable[Any], /, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        _check_items(state.name, items)
         progress = state.progress(items)
         failures: dict[int, Any] = {}
         reorder = _Reorder() if state.settings.ordered else None
@@ -487,6 +570,7 @@ def _sync_wrappers(state: _Map) -> Callable[..., Any]:
 
 def _async_wrappers(state: _Map) -> Callable[..., Any]:
     async def mapped(items: Any, /, *args: Any, **kwargs: Any) -> list[Any]:
+        _check_items(state.name, items)
         progress = state.progress(items)
         batches: list[Batch] = []
         stream = state.aoutcomes(items, args, kwargs)
@@ -500,6 +584,7 @@ def _async_wrappers(state: _Map) -> Callable[..., Any]:
         return state.collect(batches)
 
     async def imap(items: Any, /, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        _check_items(state.name, items)
         progress = state.progress(items)
         failures: dict[int, Any] = {}
         reorder = _Reorder() if state.settings.ordered else None

@@ -1,0 +1,202 @@
+"""What people really pass: generator functions, functions called for their side
+effects, a bare string as the items, and a mapper's stats and signature."""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from opero import opero, opmap
+
+FAST = {"retries": 0, "progress": False}
+
+
+# --- generator functions ----------------------------------------------------------------
+
+
+def rows(n: int) -> Iterator[int]:
+    yield from range(n)
+
+
+async def arows(n: int) -> AsyncIterator[int]:
+    for i in range(n):
+        yield i
+
+
+@pytest.mark.parametrize("func", [rows, arows])
+@pytest.mark.parametrize("decorator", ["opero", "opmap"])
+def test_generator_functions_are_refused_at_decoration(func: Any, decorator: str) -> None:
+    make = opero(retries=2) if decorator == "opero" else opmap(mode="thread")
+    with pytest.raises(TypeError, match=f"{decorator}\\(\\) cannot wrap the generator function"):
+        make(func)
+    with pytest.raises(TypeError, match="returns the items as a list"):
+        (opero if decorator == "opero" else opmap)(func)  # bare, too
+
+
+def test_a_generator_method_is_refused_too() -> None:
+    with pytest.raises(TypeError, match="generator function"):
+
+        class Table:
+            @opero
+            def rows(self) -> Iterator[int]:
+                yield 1
+
+
+# --- side effects -----------------------------------------------------------------------
+
+
+def test_a_function_annotated_none_is_not_cached_by_default() -> None:
+    sent: list[str] = []
+
+    @opero(retries=3)
+    def send_email(to: str, body: str) -> None:
+        sent.append(to)
+
+    send_email("a@example.org", "hi")
+    send_email("a@example.org", "hi")
+    assert sent == ["a@example.org", "a@example.org"]  # both sent
+
+    @opero(retries=3, cache=True)  # asked for: cached
+    def send_once(to: str) -> None:
+        sent.append(to)
+
+    send_once("b")
+    send_once("b")
+    assert sent.count("b") == 1
+
+    @opero
+    def square(x: int) -> int:  # the default cache stays for everything else
+        sent.append("square")
+        return x * x
+
+    assert square(3) == square(3) == 9
+    assert sent.count("square") == 1
+
+
+async def test_an_async_function_annotated_none_is_not_cached_by_default() -> None:
+    calls = 0
+
+    @opero
+    async def notify(user: str) -> None:
+        nonlocal calls
+        calls += 1
+
+    await notify("u")
+    await notify("u")
+    assert calls == 2
+
+
+def test_a_mapped_function_annotated_none_is_not_cached_by_default() -> None:
+    lock = threading.Lock()
+    sent: list[int] = []
+
+    def send(x: int) -> None:
+        with lock:
+            sent.append(x)
+
+    mapped = opmap(mode="thread", workers=2, **FAST)(send)
+    mapped([1, 1, 2])
+    mapped([1])
+    assert sorted(sent) == [1, 1, 1, 2]
+
+
+# --- items --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("items", ["abc", b"abc", bytearray(b"abc")])
+def test_a_bare_string_as_items_is_a_type_error(items: Any) -> None:
+    mapped = opmap(mode="thread", **FAST)(len)
+    with pytest.raises(TypeError, match="one character at a time"):
+        mapped(items)
+    with pytest.raises(TypeError, match="Pass a list of them"):
+        list(mapped.imap(items))
+    assert mapped([items]) == [3]
+
+
+async def test_a_bare_string_as_items_is_a_type_error_in_async_mode() -> None:
+    async def size(text: str) -> int:
+        return len(text)
+
+    mapped = opmap(mode="async", **FAST)(size)
+    with pytest.raises(TypeError, match="one character at a time"):
+        await mapped("abc")
+    with pytest.raises(TypeError, match="one character at a time"):
+        [x async for x in mapped.imap("abc")]
+
+
+def test_the_mapper_signature_describes_what_the_caller_calls() -> None:
+    def score(text: str, weight: int = 1, *, scale: float = 1.0) -> int:
+        return len(text) * weight
+
+    mapped = opmap(mode="thread", **FAST)(score)
+    signature = inspect.signature(mapped)
+    assert str(signature) == (
+        "(items: 'Iterable[str]', /, weight: 'int' = 1, *, scale: 'float' = 1.0) -> 'list[int]'"
+    )
+    assert mapped.__wrapped__ is score  # type: ignore[attr-defined]
+
+
+# --- stats --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["thread", "fork", "spawn"])
+def test_a_mappers_stats_count_every_item(mode: str) -> None:
+    options: dict[str, Any] = (
+        {"mode": "thread"} if mode == "thread" else {"mode": "process", "start_method": mode}
+    )
+
+    def half(x: int) -> float:
+        if x == 3:
+            raise ValueError(x)
+        return x / 2
+
+    # One thread: the duplicate must not run while the first 1 does (single-flight
+    # followers are not counted in one process; see the README's known limits).
+    workers = 1 if mode == "thread" else 2
+    mapped = opmap(workers=workers, stats=True, return_exceptions=True, **options, **FAST)(half)
+    mapped([0, 1, 2, 3, 1])  # the second 1 is served the first's result: a cache hit
+    stats = mapped.stats()
+    assert stats.calls == 5
+    assert stats.successes == 4
+    assert stats.failures == 1
+    assert stats.cache_hits == 1
+    mapped([0, 1])  # two cache hits
+    assert mapped.stats().cache_hits == 3
+    assert mapped.stats().calls == 7
+    mapped.reset_stats()
+    assert mapped.stats().calls == 0
+
+
+def test_stats_on_a_cluster_are_refused() -> None:
+    with pytest.raises(ValueError, match="stats=True counts in this process"):
+        opmap(mode="dask", stats=True)(len)
+
+
+# --- messages -----------------------------------------------------------------------------
+
+
+def test_counts_in_messages_are_singular_for_one() -> None:
+    from opero import OpmapError
+
+    def fails(x: int) -> int:
+        raise ValueError(x)
+
+    with pytest.raises(OpmapError, match=r"^1 of 1 item of .*fails failed"):
+        opmap(mode="thread", **FAST)(fails)([1])
+    with pytest.raises(OpmapError, match=r"^1 item of .*fails failed \(the others"):
+        list(opmap(mode="thread", **FAST)(fails).imap([1]))
+
+
+def test_the_command_line_help_is_plain_text() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "opero", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "``" not in done.stdout
+    assert "demo" in done.stdout
