@@ -4,7 +4,13 @@ effects, a bare string as the items, and a mapper's stats and signature."""
 from __future__ import annotations
 
 import inspect
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -200,3 +206,52 @@ def test_the_command_line_help_is_plain_text() -> None:
     )
     assert "``" not in done.stdout
     assert "demo" in done.stdout
+
+
+# --- Ctrl-C in thread mode ----------------------------------------------------------------
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and sessions")
+def test_ctrl_c_stops_a_thread_map_at_once() -> None:
+    code = textwrap.dedent(
+        """
+        import os, sys, time
+        from opero import opmap
+
+        def slow(x):
+            os.write(1, f"start {x}\\n".encode())
+            time.sleep(0.5)
+            return x
+
+        begin = None
+        try:
+            mapped = opmap(mode="thread", workers=2, cache=False, progress=False)(slow)
+            mapped(range(1000))  # chunks of up to 125 items: a minute of work each
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+            sys.exit(130)
+        """
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert child.stdout is not None
+    try:
+        started = [child.stdout.readline() for _ in range(2)]
+        assert all(line.startswith("start") for line in started), child.communicate()
+        os.killpg(child.pid, signal.SIGINT)
+        interrupted = time.monotonic()
+        out, err = child.communicate(timeout=10)
+        took = time.monotonic() - interrupted
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.communicate()
+    assert child.returncode == 130, err
+    assert took < 1 + 0.5 + 0.5  # the contract's 1 s, the running item, start-up slack
+    later = [line for line in out.splitlines() if line.startswith("start")]
+    assert len(later) <= 2  # at most the items starting as the signal came

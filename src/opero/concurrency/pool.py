@@ -102,6 +102,9 @@ class ThreadEngine:
 
         self.job = job
         self.results: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
+        # Set when the map stops early (Ctrl-C, an error, leaving imap): chunks already
+        # handed to threads start no further item (a chunk may hold a minute of work).
+        self.stop = [False]
         factory = functools.partial(PathosThreadPool, id=f"opero-{uuid.uuid4().hex}")
         self._context = MultiPool(pool_class=factory, nodes=workers)  # type: ignore[arg-type]
         pool: Any = self._context.__enter__()
@@ -110,7 +113,7 @@ class ThreadEngine:
     def submit(self, number: int, items: list[Any]) -> None:
         self._raw.apply_async(
             run_chunk_local,
-            (self.job, items),
+            (self.job, items, self.stop),
             callback=lambda answer: self.results.put((number, answer)),
             error_callback=lambda error: self.results.put((number, error)),
         )
@@ -123,7 +126,8 @@ class ThreadEngine:
 
     def close(self, *, clean: bool) -> None:
         if not clean:
-            self._raw.terminate()  # no new chunks start; running items finish
+            self.stop[0] = True  # no further item starts; running items finish
+            self._raw.terminate()  # no new chunk starts
         self._context.__exit__(None, None, None)
 
 

@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from opero.concurrency.start import WorkerStart
@@ -78,7 +78,7 @@ class Job:
 
 
 def run_items(
-    job: Job, items: list[Any], portable: Callable[[Exception], Exception] | None = None
+    job: Job, items: Iterable[Any], portable: Callable[[Exception], Exception] | None = None
 ) -> Outcome:
     """Run a chunk's items; every item's result or exception is recorded.
 
@@ -148,9 +148,17 @@ def _run_pipeline(
             append(pipeline(item))
 
 
-def run_chunk_local(job: Job, items: list[Any]) -> Outcome:
-    """A thread worker's chunk: exceptions stay objects, nothing is pickled."""
-    return run_items(job, items)
+def run_chunk_local(job: Job, items: list[Any], stop: list[bool]) -> Outcome:
+    """A thread worker's chunk: exceptions stay objects, nothing is pickled. Once
+    ``stop[0]`` is set (the map stopped early), no further item of the chunk starts."""
+    return run_items(job, _until_stopped(items, stop))
+
+
+def _until_stopped(items: list[Any], stop: list[bool]) -> Iterator[Any]:
+    for item in items:
+        if stop[0]:
+            return
+        yield item
 
 
 # --- process workers -------------------------------------------------------------------
