@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import multiprocessing
 import threading
@@ -347,3 +348,91 @@ def test_the_main_script_has_one_identity_in_every_process() -> None:
 
     call.__module__ = "__mp_main__"  # how spawned workers see the main script
     assert function_identity(call).startswith("__main__:")
+
+
+# --- deadlines and given-back reservations ------------------------------------------------
+
+
+async def test_a_start_past_the_deadline_fails_at_once_and_gives_its_slot_back() -> None:
+    from opero import DeadlineExceededError
+
+    @opero(cache=False, retries=0, rate_limit=1, total_timeout=0.3)
+    async def call() -> float:
+        return time.monotonic()
+
+    begin = time.monotonic()
+    outcomes = await asyncio.gather(call(), call(), call(), return_exceptions=True)
+    assert sum(isinstance(o, float) for o in outcomes) == 1
+    failed = [o for o in outcomes if isinstance(o, DeadlineExceededError)]
+    assert len(failed) == 2
+    assert time.monotonic() - begin < 0.25  # at once, not after 1 s and 2 s
+    await asyncio.sleep(1.05)
+    # Both slots were given back: the next call starts now, not after 2 s more.
+    assert await call() - begin < 1.3
+
+
+def test_a_sync_start_past_the_deadline_fails_at_once() -> None:
+    from opero import DeadlineExceededError
+
+    @opero(cache=False, retries=0, rate_limit=1, total_timeout=0.3)
+    def call() -> float:
+        return time.monotonic()
+
+    call()
+    begin = time.monotonic()
+    with pytest.raises(DeadlineExceededError):
+        call()
+    assert time.monotonic() - begin < 0.2
+
+
+def test_a_given_back_start_goes_to_the_next_taker() -> None:
+    limiter = LocalRateLimiter(10)
+    starts = [limiter.take() for _ in range(5)]  # 0.0, 0.1, ... 0.4 from now
+    limiter.give_back(starts[1])  # a hole in the middle
+    limiter.give_back(starts[4])  # the last: undone
+    assert limiter.take() == starts[1]
+    assert limiter.take() == starts[4]
+    assert limiter.take() == pytest.approx(starts[4] + 0.1)
+
+
+async def test_cancelled_waiters_cost_the_others_no_throughput() -> None:
+    import random
+
+    rate, seconds = 20, 2.0
+    starts: list[float] = []
+
+    @opero(cache=False, retries=0, rate_limit=rate)
+    async def hit() -> None:
+        starts.append(time.monotonic())
+
+    chance = random.Random(7)
+    end = time.monotonic() + seconds
+
+    async def caller() -> None:
+        while time.monotonic() < end:
+            task = asyncio.ensure_future(hit())
+            if chance.random() < 0.5:  # half the waiters give up while queued
+                await asyncio.sleep(0.002)
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    await asyncio.gather(*(caller() for _ in range(10)))
+    # Measured over the steady part (the first start goes at once).
+    window = [s for s in starts if s >= starts[0] + 0.2]
+    span = window[-1] - window[0]
+    assert (len(window) - 1) / span >= 0.95 * rate, (len(window), span)
+
+
+async def test_a_storm_of_cancellations_does_not_starve_the_next_caller() -> None:
+    @opero(cache=False, retries=0, rate_limit=100, timeout=0.05)
+    async def hit() -> float:
+        return time.monotonic()
+
+    storm = [asyncio.ensure_future(hit()) for _ in range(500)]
+    await asyncio.sleep(0.02)
+    for task in storm:
+        task.cancel()
+    await asyncio.gather(*storm, return_exceptions=True)
+    asked = time.monotonic()
+    assert await hit() - asked < 0.1  # it waited 4 s behind the cancelled turns

@@ -22,38 +22,71 @@ clock).
 
 from __future__ import annotations
 
+import heapq
 import math
 import threading
 import time
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opero.core import testing_state
 from opero.core.events import RATE_LIMIT_WAIT, current_call
 
+if TYPE_CHECKING:
+    from opero.core.timeout import TotalTimeout
+
 
 class RateLimiter(Protocol):
     """`take()` reserves a start (a `time.monotonic()` value); at that time `release()`
-    returns 0.0 to go, or the seconds to wait before asking again."""
+    returns 0.0 to go, or the seconds to wait before asking again. A limiter may also
+    have `give_back(start)`, for a reservation its waiter will not use (cancelled, or
+    past its deadline)."""
 
     def take(self) -> float: ...
 
     def release(self) -> float: ...
 
 
+# Most given-back starts a local limiter keeps for later takers; more are dropped (a
+# storm of cancellations keeps the most recent ones, the ones still ahead).
+MAX_HOLES = 4096
+
+
 class LocalRateLimiter:
-    """One limit for every thread, task and event loop of this process."""
+    """One limit for every thread, task and event loop of this process.
+
+    A reservation given back (its waiter was cancelled, or its start lay past the
+    call's deadline) leaves a hole in the schedule: the next taker gets the earliest
+    hole still ahead instead of a start after every reservation, so cancelled waiters
+    cost the others no throughput.
+    """
 
     def __init__(self, rate: float) -> None:
         self.interval = 1.0 / rate
         self._next_start = 0.0
         self._last_release = -math.inf
         self._lock = threading.Lock()
+        self._holes: list[float] = []  # a heap of given-back starts
 
     def take(self) -> float:
         with self._lock:
-            start = max(time.monotonic(), self._next_start)
+            now = time.monotonic()
+            holes = self._holes
+            if holes:
+                while holes and holes[0] < now - self.interval:
+                    heapq.heappop(holes)  # its moment passed unused
+                if holes:
+                    return heapq.heappop(holes)
+            start = max(now, self._next_start)
             self._next_start = start + self.interval
         return start
+
+    def give_back(self, start: float) -> None:
+        """The waiter of `start` will not use it: the slot goes to the next taker."""
+        with self._lock:
+            if abs(self._next_start - self.interval - start) < 1e-9:
+                self._next_start = start  # it was the last reservation: undo it
+            elif start < self._next_start and len(self._holes) < MAX_HOLES:
+                heapq.heappush(self._holes, start)
 
     def release(self) -> float:
         with self._lock:
@@ -86,6 +119,13 @@ class SharedRateLimiter:
             start = max(time.monotonic(), self._times[0])
             self._times[0] = start + self.interval
         return float(start)
+
+    def give_back(self, start: float) -> None:
+        """Undo the reservation of `start` if it is still the last one (holes in the
+        middle of the schedule are not kept across processes)."""
+        with self._times.get_lock():
+            if abs(self._times[0] - self.interval - start) < 1e-9:
+                self._times[0] = start
 
     def release(self) -> float:
         with self._times.get_lock():
@@ -195,21 +235,31 @@ TASK_EARLY = 0.0015
 BUSY_BELOW = 0.00005
 
 
-def wait_sync(limiter: RateLimiter) -> None:
-    """Block the calling thread until its reserved start, then until it is released."""
+def wait_sync(limiter: RateLimiter, total: TotalTimeout | None = None) -> None:
+    """Block the calling thread until its reserved start, then until it is released.
+
+    A start past the call's deadline (`total`) fails at once; a reservation its waiter
+    does not use (the deadline, Ctrl-C) is given back."""
     if testing_state.state.active:
         return
-    coarse = limiter.take() - time.monotonic() - THREAD_EARLY
+    start = limiter.take()
+    coarse = start - time.monotonic() - THREAD_EARLY
     if coarse > 0.0:
-        time.sleep(coarse)
+        _check_deadline(limiter, start, total)
+        try:
+            time.sleep(coarse)
+        except BaseException:
+            _give_back(limiter, start)
+            raise
     while (extra := limiter.release()) > 0.0:
         if extra > BUSY_BELOW:  # else poll at once: a syscall costs more than the wait
             # time.sleep(0) yields the GIL: other threads run while this one polls.
             time.sleep(extra - THREAD_EARLY if extra > 2 * THREAD_EARLY else 0)
 
 
-async def wait_async(limiter: RateLimiter) -> None:
-    """Wait, without blocking the event loop, for the reserved start and the release."""
+async def wait_async(limiter: RateLimiter, total: TotalTimeout | None = None) -> None:
+    """Wait, without blocking the event loop, for the reserved start and the release;
+    as `wait_sync` for deadlines, and a cancelled waiter gives its start back."""
     if testing_state.state.active:
         return
     import asyncio
@@ -218,7 +268,12 @@ async def wait_async(limiter: RateLimiter) -> None:
     start = await asyncio.to_thread(limiter.take) if blocking else limiter.take()
     coarse = start - time.monotonic() - TASK_EARLY
     if coarse > 0.0:
-        await asyncio.sleep(coarse)
+        _check_deadline(limiter, start, total)
+        try:
+            await asyncio.sleep(coarse)
+        except BaseException:  # cancelled while waiting for its turn
+            _give_back(limiter, start)
+            raise
     release = limiter.release
     while (extra := (await asyncio.to_thread(release) if blocking else release())) > 0.0:
         if extra > BUSY_BELOW:
@@ -226,15 +281,32 @@ async def wait_async(limiter: RateLimiter) -> None:
             await asyncio.sleep(extra - TASK_EARLY if extra > 2 * TASK_EARLY else 0)
 
 
+def _check_deadline(limiter: RateLimiter, start: float, total: TotalTimeout | None) -> None:
+    """A reserved start past the call's deadline: give it back and fail now."""
+    if total is None:
+        return
+    deadline = total.var.get()
+    if deadline is not None and start > deadline:
+        _give_back(limiter, start)
+        raise total.error(None)
+
+
+def _give_back(limiter: RateLimiter, start: float) -> None:
+    give_back = getattr(limiter, "give_back", None)
+    if give_back is not None:
+        give_back(start)
+
+
 class RateLimitStep:
     """The rate-limit step of one decorated function; `limiter` may be swapped (by
     `@opmap`, for one shared by its worker processes)."""
 
-    __slots__ = ("limiter", "observer")
+    __slots__ = ("limiter", "observer", "total")
 
     def __init__(self, limiter: RateLimiter) -> None:
         self.limiter = limiter
         self.observer: Any = None  # an events.Observer: waits are events while it is on
+        self.total: TotalTimeout | None = None  # the call's deadline, when it has one
 
     def wrap_sync(self, func: Any) -> Any:
         step = self
@@ -243,10 +315,10 @@ class RateLimitStep:
             observer = step.observer
             if observer is not None and observer.on:
                 began = time.monotonic()
-                wait_sync(step.limiter)
+                wait_sync(step.limiter, step.total)
                 step.report_wait(time.monotonic() - began)
             else:
-                wait_sync(step.limiter)
+                wait_sync(step.limiter, step.total)
             return func(*args, **kwargs)
 
         return limited
@@ -258,10 +330,10 @@ class RateLimitStep:
             observer = step.observer
             if observer is not None and observer.on:
                 began = time.monotonic()
-                await wait_async(step.limiter)
+                await wait_async(step.limiter, step.total)
                 step.report_wait(time.monotonic() - began)
             else:
-                await wait_async(step.limiter)
+                await wait_async(step.limiter, step.total)
             return await func(*args, **kwargs)
 
         return limited

@@ -196,6 +196,7 @@ def _attempt_steps(
     if options.rate_limit is not None:
         # Every real attempt (retries, fallback values) takes a token.
         extras["rate_limit"] = build_rate_limit_step(func, options)
+        extras["rate_limit"].total = total  # a start past the deadline fails at once
         extras["rate_limit"].observer = observer
         steps.append(extras["rate_limit"])
     breakers = bulkhead = check = None
