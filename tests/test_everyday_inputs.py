@@ -3,6 +3,7 @@ effects, a bare string as the items, and a mapper's stats and signature."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import signal
@@ -255,3 +256,115 @@ def test_ctrl_c_stops_a_thread_map_at_once() -> None:
     assert took < 1 + 0.5 + 0.5  # the contract's 1 s, the running item, start-up slack
     later = [line for line in out.splitlines() if line.startswith("start")]
     assert len(later) <= 2  # at most the items starting as the signal came
+
+
+# --- methods and the instances their cache holds -------------------------------------------
+
+
+def test_a_method_cache_keeps_its_instances_unless_the_key_names_them_by_value() -> None:
+    import gc
+    import weakref
+
+    class Client:
+        def __init__(self, user_id: int) -> None:
+            self.user_id = user_id
+
+        @opero
+        def held(self, q: str) -> str:
+            return f"{self.user_id}:{q}"
+
+        @opero(cache_key=lambda self, q: (self.user_id, q))
+        def by_value(self, q: str) -> str:
+            return f"{self.user_id}:{q}"
+
+    kept, freed = Client(1), Client(2)
+    assert kept.held("a") == "1:a"
+    assert freed.by_value("a") == "2:a"
+    kept_ref, freed_ref = weakref.ref(kept), weakref.ref(freed)
+    del kept, freed
+    gc.collect()
+    assert kept_ref() is not None  # held by the cache's key, as the README says
+    assert freed_ref() is None  # the key names it by value: collected
+    assert Client(2).by_value("a") == "2:a"  # a hit for any instance of that user
+    assert Client.held.cache_info().size == 1  # type: ignore[attr-defined]
+    Client.held.cache_clear()  # type: ignore[attr-defined]
+    gc.collect()
+    assert kept_ref() is None  # the way out that needs no key
+
+
+# --- disk caches that cannot be opened -----------------------------------------------------
+
+
+@pytest.fixture
+def full_disk(tmp_path: Any) -> Iterator[Any]:
+    """A real 4 MiB filesystem (tmpfs), filled up; skipped where it cannot be mounted."""
+    import shutil
+
+    mountpoint = tmp_path / "small-disk"
+    mountpoint.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mountpoint)],
+        capture_output=True,
+        check=False,
+    )
+    if shutil.which("mount") is None or mounted.returncode != 0:
+        pytest.skip("cannot mount a small filesystem here (needs root on Linux)")
+    try:
+        fd = os.open(mountpoint / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            with contextlib.suppress(OSError):  # ENOSPC: full
+                while True:
+                    os.write(fd, b"\0" * 4096)
+        finally:
+            os.close(fd)
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def test_a_full_disk_leaves_the_function_working_uncached_until_it_has_room(
+    full_disk: Any, monkeypatch: pytest.MonkeyPatch, opero_logs: list[str]
+) -> None:
+    from opero.core import cache_backends
+
+    monkeypatch.setenv("OPERO_CACHE_DIR", str(full_disk / "cache"))
+    monkeypatch.setattr(cache_backends, "REOPEN_AFTER", 0.0)
+    calls: list[int] = []
+
+    @opero(cache_backend="disk", retries=0)  # decorating does not fail
+    def double(x: int) -> int:
+        calls.append(x)
+        return 2 * x
+
+    assert [double(3), double(3), double(3)] == [6, 6, 6]
+    assert len(calls) == 3  # uncached
+    assert sum("cannot be opened" in line for line in opero_logs) == 1  # one warning
+    (full_disk / "filler").unlink()  # the disk has room again
+    assert [double(4), double(4)] == [8, 8]
+    assert calls.count(4) == 1  # cached again
+    assert any("available again" in line for line in opero_logs)
+
+
+def test_a_corrupted_cache_file_leaves_the_function_working_until_it_is_replaced(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, opero_logs: list[str]
+) -> None:
+    from opero.core import cache_backends
+
+    monkeypatch.setenv("OPERO_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cache_backends, "REOPEN_AFTER", 0.0)
+    (tmp_path / "broken").mkdir(mode=0o700)
+    (tmp_path / "broken" / "cache.db").write_bytes(b"garbage, not SQLite" * 100)
+    calls: list[int] = []
+
+    @opero(cache_backend="disk", cache_namespace="broken", retries=0)
+    def double(x: int) -> int:
+        calls.append(x)
+        return 2 * x
+
+    assert [double(1), double(1)] == [2, 2]
+    assert len(calls) == 2
+    assert sum("cannot be opened" in line for line in opero_logs) == 1
+    assert any("DatabaseError" in line for line in opero_logs)
+    (tmp_path / "broken" / "cache.db").unlink()  # replaced: diskcache makes a new one
+    assert [double(5), double(5)] == [10, 10]
+    assert calls.count(5) == 1

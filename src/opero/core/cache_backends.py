@@ -8,9 +8,11 @@ directory or Redis database must be trusted like code, since unpickling runs cod
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pickle
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -43,31 +45,90 @@ def private_directory(path: Path, *, always: bool = True) -> Path:
     return path
 
 
+# Faults of the disk at start-up that may pass (a full disk, a quota, an I/O error):
+# the cache is then off, with one warning, and opened again later. Other faults (the
+# folder is a file, no permission) are configuration errors, raised at decoration.
+_PASSING_ERRNOS = frozenset(
+    code for code in (getattr(errno, name, None) for name in ("ENOSPC", "EDQUOT", "EIO")) if code
+)
+REOPEN_AFTER = 5.0  # seconds between attempts to open a cache that could not be opened
+
+
 class DiskBackend:
-    """A diskcache `Cache` in ``<cache root>/<namespace>``, shared by processes."""
+    """A diskcache `Cache` in ``<cache root>/<namespace>``, shared by processes.
+
+    A cache that cannot be opened (a full disk, a file that is not a database) never
+    fails the decoration or a call: the function runs uncached, one warning says why,
+    and opening is tried again every `REOPEN_AFTER` seconds, so the cache comes back
+    once the disk has room or the file is replaced.
+    """
 
     def __init__(self, namespace: str, identity: str, directory: str | Path | None = None) -> None:
-        import diskcache
-
-        try:
-            if directory is None:
-                root = private_directory(cache_root(), always=False)
-                self.directory = private_directory(root / namespace)
-            else:
-                self.directory = private_directory(Path(directory))
-        except OSError as exc:
-            raise ValueError(
-                f"cache_backend='disk' cannot use its folder under {cache_root()} "
-                f"({type(exc).__name__}: {exc}); set OPERO_CACHE_DIR to a writable folder"
-            ) from exc
+        self.namespace = namespace
+        self.configured = None if directory is None else Path(directory)
+        self.directory = self.configured or cache_root() / namespace
         self.prefix = identity + ":"
-        self._cache = diskcache.Cache(str(self.directory))
+        self._cache: Any = None
+        self._reopen_at = 0.0
+        self._down = False
         self._closers = threading.local()
-        self._closes_with_thread()  # the connection that creating the cache opened
         # A backend collected as part of a reference cycle: its objects' finalizers run
         # in no set order, the connection's (which warns) possibly before the closer's.
         # Weakref callbacks run before any of them: close this thread's connection there.
         weakref.finalize(self, _close_this_threads, self._closers)
+        self._open(at_decoration=True)
+
+    def _open(self, *, at_decoration: bool = False) -> Any:
+        """The diskcache `Cache`, or None while it cannot be opened."""
+        import sqlite3
+
+        import diskcache
+
+        try:
+            if self.configured is None:
+                root = private_directory(cache_root(), always=False)
+                self.directory = private_directory(root / self.namespace)
+            else:
+                self.directory = private_directory(self.configured)
+            cache = _open_cache(str(self.directory))
+        except OSError as exc:
+            if exc.errno not in _PASSING_ERRNOS and at_decoration:
+                raise ValueError(
+                    f"cache_backend='disk' cannot use its folder under {cache_root()} "
+                    f"({type(exc).__name__}: {exc}); set OPERO_CACHE_DIR to a writable folder"
+                ) from exc
+            return self._unavailable(exc)
+        except (sqlite3.Error, diskcache.Timeout) as exc:
+            return self._unavailable(exc)
+        if self._down:
+            from opero.utils.logging import log
+
+            log().info("disk cache in {} is available again", self.directory)
+        self._down = False
+        self._cache = cache
+        self._closes_with_thread()  # the connection that opening the cache opened
+        return cache
+
+    def _unavailable(self, exc: Exception) -> None:
+        self._reopen_at = time.monotonic() + REOPEN_AFTER
+        if not self._down:
+            from opero.utils.logging import log
+
+            log().warning(
+                "disk cache in {} cannot be opened ({}: {}); running uncached, "
+                "trying again every {:g}s",
+                self.directory,
+                type(exc).__name__,
+                exc,
+                REOPEN_AFTER,
+            )
+        self._down = True
+
+    def _available(self) -> Any:
+        cache = self._cache
+        if cache is None and time.monotonic() >= self._reopen_at:
+            cache = self._open()
+        return cache
 
     def _closes_with_thread(self) -> None:
         """diskcache opens one SQLite connection per thread and leaves it to the garbage
@@ -84,13 +145,16 @@ class DiskBackend:
 
         import diskcache
 
+        cache = self._cache or self._available()
+        if cache is None:
+            raise KeyError(key)  # a miss: the call runs uncached (warned once)
         try:
-            value = self._cache.get(key, default=_MISSING, retry=True)
+            value = cache.get(key, default=_MISSING, retry=True)
         except (sqlite3.Error, OSError, diskcache.Timeout):
             raise  # an outage: the caller calls through, uncached
         except Exception:
             # The entry no longer unpickles (its class moved, ...): drop it, recompute.
-            self._cache.delete(key, retry=True)
+            cache.delete(key, retry=True)
             raise KeyError(key) from None
         finally:
             self._closes_with_thread()
@@ -99,25 +163,51 @@ class DiskBackend:
         return value
 
     def set(self, key: str, value: object, ttl: float | None) -> None:
-        self._cache.set(key, value, expire=ttl, retry=True)
+        cache = self._cache or self._available()
+        if cache is None:
+            return
+        cache.set(key, value, expire=ttl, retry=True)
         self._closes_with_thread()
 
     def delete(self, key: str) -> None:
-        self._cache.delete(key, retry=True)
+        cache = self._cache or self._available()
+        if cache is None:
+            return
+        cache.delete(key, retry=True)
         self._closes_with_thread()
 
     def _own_keys(self) -> list[str]:
-        return [
-            k for k in self._cache.iterkeys() if isinstance(k, str) and k.startswith(self.prefix)
-        ]
+        cache = self._cache or self._available()
+        if cache is None:
+            return []
+        return [k for k in cache.iterkeys() if isinstance(k, str) and k.startswith(self.prefix)]
 
     def clear(self) -> None:
         for key in self._own_keys():
             self._cache.delete(key, retry=True)
 
     def __len__(self) -> int:
+        keys = self._own_keys()
+        if not keys:
+            return 0
         self._cache.expire()
         return len(self._own_keys())
+
+
+def _open_cache(directory: str) -> Any:
+    """A diskcache `Cache`; if opening it fails (a full disk), its SQLite connection is
+    closed at once: left to the collector, it would hold the half-written journal's
+    space on the full disk (and warn on Python 3.13+)."""
+    import diskcache
+
+    cache = diskcache.Cache.__new__(diskcache.Cache)
+    try:
+        cache.__init__(directory)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            cache.close()
+        raise
+    return cache
 
 
 def _close_this_threads(closers: threading.local) -> None:
