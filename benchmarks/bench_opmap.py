@@ -29,6 +29,9 @@ from typing import Any
 import opero.concurrency.pool as pool_module
 from opero import opmap
 
+# The peers of the first sections fork where the platform can (Windows: spawn).
+FORK = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+
 
 def trivial(x: int) -> int:
     return x * x
@@ -65,7 +68,7 @@ def process_trivial(rounds: int, workers: int, count: int) -> None:
     chunksize = max(1, -(-count // (workers * 4)))
     # Fork for all here, as the peers below use it; per start method: process_start_methods.
     opero_map = opmap(
-        mode="process", workers=workers, start_method="fork", cache=False, progress=False
+        mode="process", workers=workers, start_method=FORK, cache=False, progress=False
     )(trivial)
 
     def opero_on(kind: str) -> Callable[[], Any]:
@@ -79,11 +82,11 @@ def process_trivial(rounds: int, workers: int, count: int) -> None:
         return run
 
     def mp_pool() -> Any:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
+        with multiprocessing.get_context(FORK).Pool(workers) as pool:
             return pool.map(trivial, items)
 
     def executor() -> Any:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as ex:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(FORK)) as ex:
             return list(ex.map(trivial, items, chunksize=chunksize))
 
     def joblib_map() -> Any:
@@ -188,14 +191,14 @@ def process_start_methods(rounds: int, workers: int, count: int) -> None:
 
 def process_cpu(rounds: int, workers: int) -> None:
     items = list(range(8))
-    mapped = opmap(
-        mode="process", workers=workers, start_method="fork", cache=False, progress=False
-    )(cpu_bound)
+    mapped = opmap(mode="process", workers=workers, start_method=FORK, cache=False, progress=False)(
+        cpu_bound
+    )
 
     # Serial and parallel back to back in each round, and the median of the per-round
     # speed-ups: this machine's speed drifts by a third between minutes.
     def pool_map() -> Any:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
+        with multiprocessing.get_context(FORK).Pool(workers) as pool:
             return pool.map(cpu_bound, items, chunksize=1)
 
     serial, parallel, speedups, reference = [], [], [], []

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from helpers import start_methods
 from opero import opero, opmap
 
 FAST = {"retries": 0, "progress": False}
@@ -150,7 +151,7 @@ def test_the_mapper_signature_describes_what_the_caller_calls() -> None:
 # --- stats --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["thread", "fork", "spawn"])
+@pytest.mark.parametrize("mode", ["thread", *start_methods()])
 def test_a_mappers_stats_count_every_item(mode: str) -> None:
     options: dict[str, Any] = (
         {"mode": "thread"} if mode == "thread" else {"mode": "process", "start_method": mode}

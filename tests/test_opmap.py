@@ -1035,7 +1035,7 @@ def test_a_cluster_task_failed_as_a_whole_sends_its_items_once_more_alone() -> N
     assert isinstance(found[1], WorkerCrashedError)
 
 
-@pytest.mark.parametrize("mode", ["fork", "thread"])
+@pytest.mark.parametrize("mode", [start_methods()[0], "thread"])
 def test_a_map_starts_no_more_workers_than_it_has_items(
     monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:

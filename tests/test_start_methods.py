@@ -79,7 +79,8 @@ def test_the_environment_variable_sets_the_default_and_is_checked_at_decoration(
     opmap(mode="thread")(square)  # it is about process mode only
     monkeypatch.setenv("OPERO_START_METHOD", "spawn")
     assert _method_used(opmap(workers=1, **FAST)(square)) == "spawn"
-    assert _method_used(opmap(workers=1, start_method="fork", **FAST)(square)) == "fork"
+    explicit = start_methods()[0]  # an explicit start method wins over the variable
+    assert _method_used(opmap(workers=1, start_method=explicit, **FAST)(square)) == explicit
 
 
 def _method_used(mapped: Any) -> str:
@@ -178,10 +179,8 @@ def _decorated_module_function(x: int) -> int:
 
 
 def test_opero_functions_travel_whether_importable_or_not(start_method: str) -> None:
-    calls: list[int] = []
-
-    @opero(retries=1, min_delay=0, cache=False, on_event=lambda event: calls.append(1))
-    def local(x: int) -> int:  # a closure: decorated again in the worker
+    @opero(retries=1, min_delay=0, cache=False, on_event=lambda event: None)
+    def local(x: int) -> int:  # a closure, with a hook: decorated again in the worker
         return x * 2
 
     def item(x: int) -> int:
@@ -189,6 +188,69 @@ def test_opero_functions_travel_whether_importable_or_not(start_method: str) -> 
 
     results = opmap(workers=2, start_method=start_method, **FAST)(item)(range(4))
     assert results == [3 * x + 1 for x in range(4)]
+
+
+MODULE = """
+import threading
+from opero import opmap
+
+LOCK = threading.Lock()  # a module global that cannot be pickled
+
+
+@opmap(mode="process", workers=2, start_method={method!r}, cache=False, progress=False)
+def double(x: int) -> int:
+    with LOCK:
+        return 2 * x
+"""
+
+
+def test_a_module_level_mapper_travels_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start_method: str
+) -> None:
+    # Its module's name for the function holds the mapper: by value, the function
+    # would take LOCK along. The folder joins sys.path after any fork server started.
+    name = f"usermod_{start_method}"
+    (tmp_path / f"{name}.py").write_text(MODULE.format(method=start_method))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = __import__(name)
+    try:
+        assert module.double([1, 2, 3]) == [2, 4, 6]
+    finally:
+        sys.modules.pop(name, None)
+
+
+def test_a_users_wrapper_over_an_opero_function_is_kept(start_method: str) -> None:
+    import functools
+
+    attempts: list[int] = []
+
+    @opero(retries=2, min_delay=0, cache=False)
+    def flaky(x: int) -> int:
+        attempts.append(x)
+        raise ValueError(x)
+
+    @functools.wraps(flaky)  # copies opero's attributes: still the user's own wrapper
+    def tagged(x: int) -> tuple[str, int]:
+        try:
+            return ("tagged", flaky(x))
+        except ValueError:
+            return ("tagged", len(attempts))
+
+    results = opmap(workers=1, start_method=start_method, **FAST)(tagged)([10])
+    assert results == [("tagged", 3)]  # 3 attempts, not 9: opero applied once
+
+
+def test_workers_see_the_parents_environment_of_now(
+    monkeypatch: pytest.MonkeyPatch, start_method: str
+) -> None:
+    def read(name: str) -> str | None:
+        return os.environ.get(name)
+
+    mapped = opmap(workers=1, start_method=start_method, **FAST)(read)
+    monkeypatch.delenv("OPERO_TEST_SETTING", raising=False)
+    assert mapped(["OPERO_TEST_SETTING"]) == [None]  # the fork server starts (if not yet)
+    monkeypatch.setenv("OPERO_TEST_SETTING", "set since")
+    assert mapped(["OPERO_TEST_SETTING"]) == ["set since"]
 
 
 def test_testing_mode_reaches_the_workers(start_method: str) -> None:
@@ -223,6 +285,7 @@ def test_global_hooks_of_the_parent_see_the_workers_events(start_method: str) ->
     assert kinds.count("call_succeeded") == 3
 
 
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="Python 3.12 added the warning")
 def test_the_default_never_forks_a_threaded_parent() -> None:
     # Python 3.12+ warns (DeprecationWarning) when a process with threads forks.
     stop = threading.Event()
@@ -299,6 +362,28 @@ def test_what_items_print_in_workers_is_not_lost(start_method: str) -> None:
         env=env,
     )
     assert sorted(done.stdout.splitlines()) == sorted(f"item {x}" for x in range(20))
+
+
+@pytest.mark.parametrize("method", [m for m in start_methods() if m != "fork"])
+def test_a_script_without_the_main_guard_fails_clearly_instead_of_hanging(
+    tmp_path: Path, method: str
+) -> None:
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from opero import opmap\n"
+        "def sq(x):\n"
+        "    return x * x\n"
+        f"print(opmap(mode='process', workers=2, start_method={method!r}, cache=False,"
+        " progress=False)(sq)(range(4)))\n"
+    )
+    begin = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert time.monotonic() - begin < 30  # it looped forever, restarting workers
+    assert done.returncode != 0
+    assert "exited while starting" in done.stderr
+    assert 'if __name__ == "__main__":' in done.stderr
 
 
 # --- a killed parent --------------------------------------------------------------------

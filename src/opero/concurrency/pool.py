@@ -169,6 +169,9 @@ class ProcessEngine:
             self._raw = context.Pool(workers, init_process_worker, initargs)
         self._known: dict[int, Any] = {}  # pid -> worker process, dead ones included
         self._suspects: set[tuple[int, int]] = set()
+        self._claimed: set[int] = {0}  # pids seen in a slot: workers that started
+        self.method = method
+        self.max_start_deaths = 2 * workers + 2
         for process in self._raw._pool:
             self._known[process.pid] = process
 
@@ -195,6 +198,9 @@ class ProcessEngine:
         running = {process.pid for process in current}
         crashed: list[tuple[int, Exception]] = []
         slots = self.slots
+        claimed = self._claimed
+        claimed.update(pid for pid in slots[0 : self.capacity * SLOT_FIELDS : SLOT_FIELDS])
+        self._check_starts()
         for base in range(0, self.capacity * SLOT_FIELDS, SLOT_FIELDS):
             pid = slots[base]
             if not pid:
@@ -219,6 +225,27 @@ class ProcessEngine:
             error = WorkerCrashedError(f"the worker process (pid {pid}) {how} during this item")
             crashed.append((number, error))
         return crashed
+
+    def _check_starts(self) -> None:
+        """Workers that keep dying before they run anything (the pool replaces them
+        forever): a script without ``if __name__ == "__main__":`` under spawn or
+        forkserver, whose workers start the map again as they import it, or a payload
+        that does not load. Fail the map instead of hanging."""
+        dead = [
+            p
+            for pid, p in self._known.items()
+            if pid not in self._claimed and p.exitcode is not None
+        ]
+        if len(dead) < self.max_start_deaths:
+            return
+        codes = sorted({p.exitcode for p in dead})
+        raise RuntimeError(
+            f"opmap(): {len(dead)} worker processes exited while starting (exit codes "
+            f"{codes}), before running any item; their error is on stderr. Under the "
+            f"{self.method} start method each worker imports your main module: guard the "
+            'script\'s top level with `if __name__ == "__main__":`, and check that the '
+            "function's module imports cleanly on its own"
+        )
 
     def close(self, *, clean: bool) -> None:
         # Stopped, not joined, even after a clean map (as `with multiprocessing.Pool()`

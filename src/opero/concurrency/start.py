@@ -100,6 +100,11 @@ class WorkerStart(NamedTuple):
     limiter: Any
     testing: tuple[bool, int | None]
     observed: bool
+    # The parent's environment and import path as the map starts: a worker forked from
+    # the fork server has the server's, from when it started (OPERO_REDIS_URL set since,
+    # a folder added to sys.path since).
+    environ: dict[str, str] | None = None
+    sys_path: list[str] | None = None
 
 
 def job_payload(
@@ -153,15 +158,17 @@ def _pickler_class() -> Any:
             self.keep_hooks = keep_hooks
 
         def reducer_override(self, obj: Any) -> Any:
-            if (
-                type(obj) is types.FunctionType
-                and "__opero_options__" in obj.__dict__
-                and not _importable(obj)
-            ):
-                options = obj.__dict__["__opero_options__"]
-                if options.on_event is not None and not self.keep_hooks:
-                    options = options._replace(on_event=_parent_hook)
-                return _redecorate, (obj.__dict__["__wrapped__"], options)
+            if type(obj) is types.FunctionType and not _importable(obj):
+                reference = _wrapped_reference(obj)
+                if reference is not None:  # a decorated module-level function's original
+                    return _import_wrapped, reference
+                if is_opero_wrapper(obj):
+                    options = obj.__dict__["__opero_options__"]
+                    if options.on_event is not None and not self.keep_hooks:
+                        options = options._replace(on_event=_parent_hook)
+                    return _redecorate, (obj.__dict__["__wrapped__"], options)
+                if "__opero_options__" in obj.__dict__:  # functools.wraps over one of ours
+                    obj = _without_copied_attributes(obj)
             return super().reducer_override(obj)
 
     return Pickler
@@ -176,6 +183,78 @@ def _importable(func: Any) -> bool:
     for part in func.__qualname__.split("."):
         found = getattr(found, part, None)
     return found is func
+
+
+def _wrapped_reference(func: Any) -> tuple[str, str, int] | None:
+    """Where a worker finds `func` by import when its module's name for it holds a
+    decorated version (``@opmap`` or ``@opero`` at module level): the name, and how
+    many ``__wrapped__`` steps lead from what it holds to `func`. Pickled by value
+    instead, `func` would take every module global it uses along (a lock, a client)."""
+    name = func.__module__
+    module = sys.modules.get(name)
+    if module is None or name == "__main__" or "<locals>" in func.__qualname__:
+        return None
+    found: Any = module
+    for part in func.__qualname__.split("."):
+        found = getattr(found, part, None)
+    for depth in range(1, 9):
+        found = getattr(found, "__wrapped__", None)
+        if found is None:
+            return None
+        if found is func:
+            return name, func.__qualname__, depth
+    return None
+
+
+def _import_wrapped(module: str, qualname: str, depth: int) -> Any:
+    """A worker's side of `_wrapped_reference`."""
+    import importlib
+
+    found: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    for _ in range(depth):
+        found = found.__wrapped__
+    return found
+
+
+# What `functools.wraps` copies from an opero function onto a user's wrapper: its
+# pipeline's parts (locks, caches), which do not pickle and need not travel.
+_COPIED = frozenset(
+    {
+        "__opero_direct__",
+        "__opero_rate_limit__",
+        "__opero_breakers__",
+        "__opero_observer__",
+        "__opero_options__",
+        "cache_clear",
+        "cache_info",
+        "stats",
+        "reset_stats",
+    }
+)
+
+
+def _without_copied_attributes(func: Any) -> Any:
+    """`func` (a user's wrapper) with the attributes it copied from an opero function
+    left behind; what it wraps still travels, through its closure or ``__wrapped__``."""
+    copy = types.FunctionType(
+        func.__code__, func.__globals__, func.__name__, func.__defaults__, func.__closure__
+    )
+    copy.__kwdefaults__ = func.__kwdefaults__
+    copy.__qualname__ = func.__qualname__
+    copy.__module__ = func.__module__
+    copy.__doc__ = func.__doc__
+    copy.__dict__.update({k: v for k, v in func.__dict__.items() if k not in _COPIED})
+    return copy
+
+
+def is_opero_wrapper(obj: Any) -> bool:
+    """Made by `decorate` (not a user's `functools.wraps` over one, which copies its
+    attributes)."""
+    from opero.decorators.opero import made_by_decorate
+
+    return made_by_decorate(obj)
 
 
 def _redecorate(func: Any, options: Any) -> Any:
@@ -228,4 +307,5 @@ def build_start(
     observed = bool(_hub.hooks)
     if method == "fork":
         return WorkerStart(job, None, testing, observed)
-    return WorkerStart(job_payload(func, options, args, kwargs), limiter, testing, observed)
+    payload = job_payload(func, options, args, kwargs)
+    return WorkerStart(payload, limiter, testing, observed, dict(os.environ), list(sys.path))

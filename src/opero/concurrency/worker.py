@@ -210,6 +210,7 @@ def init_process_worker(start: WorkerStart, slots: Any, capacity: int) -> None:
     if isinstance(start.job, Job):  # fork: the parent's pipeline and state, inherited
         _job = start.job
         return
+    _take_parents_view(start)
     active, max_attempts = start.testing
     if active:
         from opero.testing import switch_on
@@ -223,6 +224,16 @@ def init_process_worker(start: WorkerStart, slots: Any, capacity: int) -> None:
     step = getattr(_job.pipeline, "__opero_rate_limit__", None)
     if step is not None and start.limiter is not None:
         step.limiter = start.limiter
+
+
+def _take_parents_view(start: WorkerStart) -> None:
+    """The parent's environment and import path, before anything is imported."""
+    if start.environ is not None:
+        for name in [name for name in os.environ if name not in start.environ]:
+            del os.environ[name]
+        os.environ.update(start.environ)
+    if start.sys_path is not None:
+        sys.path[:] = start.sys_path
 
 
 def _parent_listens(event: Event) -> None:
@@ -247,13 +258,15 @@ def _exit_with_parent() -> None:
 
     A daemon thread waits on the parent's sentinel (a pipe, or a process handle on
     Windows, that the parent's death closes) under every start method."""
+    import multiprocessing
     import threading
 
-    parent = None
-    for name in ("multiprocess", "multiprocessing"):
-        module = sys.modules.get(name)
-        if module is not None and parent is None:
-            parent = module.parent_process()
+    # The module that started this worker: a stdlib worker may run inside a process
+    # that multiprocess started, whose parent is not this worker's.
+    module: Any = multiprocessing
+    if not multiprocessing.current_process()._identity and "multiprocess" in sys.modules:
+        module = sys.modules["multiprocess"]
+    parent = module.parent_process()
     if parent is None:
         return
 

@@ -377,6 +377,8 @@ class _Alarm:
 
     def enable(self) -> None:
         """Called once in each @opmap worker process, from its main thread."""
+        if sys.platform == "win32":  # no SIGALRM: timeouts keep the thread hand-off
+            return
         signal.signal(signal.SIGALRM, self._fire)
         self.enabled = True
 
@@ -386,7 +388,7 @@ class _Alarm:
         if threading.current_thread() is not threading.main_thread():
             return False
         if not self.enabled:
-            if not hasattr(signal, "setitimer"):  # Windows: the thread hand-off
+            if sys.platform == "win32":  # no SIGALRM: the thread hand-off
                 return False
             # Enabled on first use in an @opmap worker (the module may be imported
             # there only when an item decorates a function with a timeout).
@@ -409,6 +411,8 @@ class _Alarm:
         args: Any,
         kwargs: Any,
     ) -> Any:
+        if sys.platform == "win32":  # never `usable` there
+            raise AssertionError("SIGALRM timeouts need a POSIX system")
         try:
             self.armed = True
             signal.setitimer(signal.ITIMER_REAL, limit)  # may fire at once: inside the try

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Unpack, cast, overload
 
@@ -172,6 +173,19 @@ def _attach(
     wrapper.__opero_observer__ = observer
     # How to build it again in a worker process that cannot import it (spawn, clusters).
     wrapper.__opero_options__ = options
+    _WRAPPERS.add(wrapper)
+
+
+# Every pipeline `decorate` made: `functools.wraps` copies their attributes onto a user's
+# own wrapper, so only this tells one of ours (see opero.concurrency.start).
+_WRAPPERS: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def made_by_decorate(obj: Any) -> bool:
+    try:
+        return obj in _WRAPPERS
+    except TypeError:  # not weak-referenceable: not ours
+        return False
 
 
 def _attempt_steps(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
 from typing import (
     TYPE_CHECKING,
@@ -50,7 +51,16 @@ T_contra = TypeVar("T_contra", contravariant=True)
 MODES = ("process", "thread", "async", "dask", "ray")
 # The most workers a map may ask for: more processes or threads than these fail to start
 # on ordinary machines (a map never starts more workers than it has items).
-MAX_WORKERS = {"process": 1024, "thread": 4096, "async": 1_000_000, "dask": 4096, "ray": 4096}
+# Windows: a pool waits on its workers' handles with WaitForMultipleObjects, which takes
+# at most 63 (CPython gh-89240; ProcessPoolExecutor stops at 61 there too).
+MAX_PROCESSES = 61 if sys.platform == "win32" else 1024
+MAX_WORKERS = {
+    "process": MAX_PROCESSES,
+    "thread": 4096,
+    "async": 1_000_000,
+    "dask": 4096,
+    "ray": 4096,
+}
 CLUSTER_MODES = frozenset({"dask", "ray"})
 
 
@@ -215,7 +225,7 @@ def _map_settings(given: dict[str, Any]) -> MapSettings:
     if workers is None:
         cpus = os.cpu_count() or 1
         workers = {
-            "process": cpus,
+            "process": min(cpus, MAX_PROCESSES),
             "thread": min(32, cpus + 4),
             "async": 64,
             "dask": cpus,
