@@ -6,7 +6,11 @@ cost on every healthy call. Contenders:
 - ``opero retry``: `@opero(cache=False)` alone (the reference of bench_overhead.py);
 - ``opero policies``: plus circuit breaker, bulkhead, `retry_if_result` and retry budget;
 - ``opero +timeouts``: plus `timeout` and `total_timeout` (a sync attempt then runs on a
-  helper thread; an async one under `asyncio.timeout`);
+  helper thread; an async one under opero's per-loop deadline watch);
+- ``opero total_timeout``: `@opero(cache=False, retries=3, total_timeout=10)`, against
+  ``stamina timeout`` (`stamina.retry(..., attempts=4, timeout=10)`) and ``tenacity
+  stop_after_delay`` (`stop_after_attempt(4) | stop_after_delay(10)`): a deadline over
+  the retries, the option people set most after `retries`;
 - ``tenacity+pybreaker`` / ``tenacity+circuitbreaker``: a retry decorator around a breaker;
 - ``pyresilience``: one decorator with retry, breaker, bulkhead and budget (and with its
   timeout in the +timeouts line).
@@ -31,11 +35,14 @@ from typing import Any
 import circuitbreaker
 import pybreaker
 import pyresilience as pr
+import stamina
 import tenacity
 
 from bench_overhead import plain, plain_async, time_async, time_sync  # same timing loops
 from opero import CircuitBreakerOptions, opero
 
+# Peers of `total_timeout` alone: their overhead is compared with that line.
+DEADLINE_PEERS = {"stamina timeout", "tenacity stop_after_delay"}
 # Calls per round: thread hand-offs are ~100x slower than the rest, so fewer of them.
 SLOW = {"opero +timeouts", "pyresilience +timeouts"}
 
@@ -71,9 +78,16 @@ def tenacity_retry() -> Any:
 
 def contenders(fn: Callable[..., Any], *, is_async: bool) -> dict[str, Callable[..., Any]]:
     breaker = pybreaker.CircuitBreaker()
+    deadline_retry = tenacity.retry(
+        stop=tenacity.stop_after_attempt(4) | tenacity.stop_after_delay(10),
+        wait=tenacity.wait_exponential(min=0.1),
+    )
     found: dict[str, Callable[..., Any]] = {
         "bare": fn,
         "opero retry": opero(cache=False, retries=3)(fn),
+        "opero total_timeout": opero(cache=False, retries=3, total_timeout=10)(fn),
+        "stamina timeout": stamina.retry(on=Exception, attempts=4, timeout=10)(fn),
+        "tenacity stop_after_delay": deadline_retry(fn),
         "opero policies": opero(**policies())(fn),
         "opero +timeouts": opero(**policies(), timeout=5, total_timeout=10)(fn),
         "tenacity+circuitbreaker": tenacity_retry()(circuitbreaker.circuit()(fn)),
@@ -120,6 +134,8 @@ def report(kind: str, samples: dict[str, list[float]]) -> list[str]:
     ]
     for name, values in samples.items():
         ours = "opero +timeouts" if "timeouts" in name else "opero policies"
+        if name in DEADLINE_PEERS:
+            ours = "opero total_timeout"
         ratio = ""
         if not name.startswith(("opero", "bare")):
             ratio = f"{overhead[name] / max(overhead[ours], 1e-9):10.1f}x"

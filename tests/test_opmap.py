@@ -1056,3 +1056,26 @@ def test_a_map_starts_no_more_workers_than_it_has_items(
     assert started == [3, 16, 1]
     with pytest.raises(ValueError, match="workers must be at most 4,096 in mode='thread'"):
         opmap(mode="thread", workers=4097)
+
+
+def test_process_mode_total_timeout_alone_stops_the_work_for_real(
+    tmp_path: Path, start_method: str
+) -> None:
+    # Outside workers a sync total_timeout cuts no running attempt (no helper thread);
+    # a worker process owns its main thread, so a timer signal cuts it there.
+    from opero import DeadlineExceededError
+
+    marker = tmp_path / "finished"
+
+    @opmap(**on(start_method), workers=1, total_timeout=0.2, retries=0, return_exceptions=True)
+    def item(x: int) -> int:
+        time.sleep(0.6)
+        marker.write_text("the work went on past the deadline")  # must never happen
+        return x
+
+    begin = time.monotonic()
+    results = item([0])
+    assert isinstance(results[0], DeadlineExceededError)
+    assert time.monotonic() - begin < 0.6 + 0.5  # cut at ~0.2 s (plus the pool's start)
+    time.sleep(0.5)
+    assert not marker.exists()

@@ -172,13 +172,42 @@ def test_total_timeout_starts_no_attempt_that_would_end_past_the_deadline() -> N
     assert elapsed < 0.35
 
 
-def test_total_timeout_cuts_a_running_sync_attempt() -> None:
+def test_a_sync_total_timeout_alone_starts_no_attempt_after_the_deadline() -> None:
+    # No helper thread: the running attempt is not cut, but nothing starts after it.
+    calls: list[float] = []
+
     @opero(cache=False, total_timeout=0.1, retries=3, min_delay=0)
+    def slow_fail() -> None:
+        calls.append(time.monotonic())
+        time.sleep(0.2)
+        raise ConnectionError("down")
+
+    with pytest.raises(DeadlineExceededError) as caught:
+        slow_fail()
+    assert len(calls) == 1
+    assert isinstance(caught.value.__cause__, ConnectionError)
+
+    @opero(cache=False, total_timeout=0.1, retries=3, min_delay=0)
+    def slow_success() -> str:
+        time.sleep(0.2)
+        return "done"
+
+    from opero.core import timeout as timeout_module
+
+    handed_off = timeout_module._runner.run
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(timeout_module._runner, "run", lambda *a, **k: pytest.fail("hand-off"))
+        assert slow_success() == "done"  # in the caller's thread; its work is kept
+    assert timeout_module._runner.run == handed_off
+
+
+def test_total_timeout_with_timeout_cuts_a_running_sync_attempt() -> None:
+    @opero(cache=False, total_timeout=0.1, timeout=5, retries=3, min_delay=0)
     def hangs() -> None:
         time.sleep(2)
 
     begin = time.monotonic()
-    with pytest.raises(TimeoutError):
+    with pytest.raises(DeadlineExceededError):
         hangs()
     assert time.monotonic() - begin < 0.5
 
@@ -210,8 +239,9 @@ def test_total_timeout_with_fallback_stops_between_values() -> None:
     with pytest.raises(DeadlineExceededError) as caught:
         slow_fail(["a", "b", "c"])
     assert tried == ["a", "b"]
-    # "b" was cut at the deadline while it ran: the deadline itself is the failure.
-    assert caught.value.__cause__ is None
+    # "b" ran to its failure past the deadline (a sync attempt is cut only with
+    # timeout=); "c" did not start: the deadline is the error, b's failure its cause.
+    assert isinstance(caught.value.__cause__, ValueError)
 
 
 async def test_total_timeout_deadlines_of_concurrent_calls_are_separate() -> None:
@@ -225,6 +255,40 @@ async def test_total_timeout_deadlines_of_concurrent_calls_are_separate() -> Non
     await asyncio.sleep(0.15)
     assert await nap(0.2) == 0.2
     assert await first == 0.2
+
+
+def test_sync_deadlines_of_threads_and_nested_calls_are_separate() -> None:
+    from opero.core.timeout import TotalTimeout
+
+    seen: dict[str, float | None] = {}
+
+    @opero(cache=False, retries=0, total_timeout=5)
+    def outer(depth: int, label: str) -> None:
+        step: TotalTimeout = deadline_of(outer)
+        before = step.deadline()
+        if depth:
+            time.sleep(0.05)
+            outer(depth - 1, label + "-inner")  # its own deadline, 5 s from now
+            assert step.deadline() == before  # the outer one, restored
+        seen[label] = before
+
+    def deadline_of(func: Any) -> Any:
+        return func.__opero_total__  # type: ignore[attr-defined]
+
+    threads = [threading.Thread(target=outer, args=(1, f"t{i}")) for i in range(3)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.02)
+    for thread in threads:
+        thread.join()
+    assert len(seen) == 6
+    firsts = [seen[f"t{i}"] for i in range(3)]
+    assert all(d is not None for d in firsts)
+    assert firsts == sorted(firsts)  # one per thread, in the order they started
+    assert len(set(firsts)) == 3
+    for i in range(3):
+        assert seen[f"t{i}-inner"] > seen[f"t{i}"]  # type: ignore[operator]
+    assert deadline_of(outer).deadline() is None  # outside a call
 
 
 # --- circuit breaker ----------------------------------------------------------------------
@@ -897,7 +961,7 @@ async def test_a_probe_cancelled_while_queued_for_the_bulkhead_gives_its_slot_ba
 def test_a_deadline_that_cuts_the_only_attempt_is_a_deadline_error(kind: str) -> None:
     if kind == "sync":
 
-        @opero(cache=False, total_timeout=0.05, retries=0)
+        @opero(cache=False, total_timeout=0.05, timeout=5, retries=0)  # cut: a timeout
         def slow() -> None:
             time.sleep(0.3)
 

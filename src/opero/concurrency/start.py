@@ -225,6 +225,7 @@ _COPIED = frozenset(
         "__opero_direct__",
         "__opero_rate_limit__",
         "__opero_breakers__",
+        "__opero_total__",
         "__opero_observer__",
         "__opero_options__",
         "cache_clear",

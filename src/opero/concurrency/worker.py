@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from opero.concurrency.start import WorkerStart
+from opero.core import process_role
 from opero.core.direct import Direct, run_direct
 from opero.core.events import Event, forward_events
 from opero.exceptions import RemoteError, WorkerCrashedError
@@ -196,6 +197,7 @@ def init_process_worker(start: WorkerStart, slots: Any, capacity: int) -> None:
     # timeout module turns SIGALRM on at its first timed attempt here (importing it now
     # would delay each worker's first chunk by the import).
     POOL_WORKER = True
+    process_role.POOL_WORKER = True
     # Events go back to the parent with each chunk: hooks here are copies (or, under
     # spawn and forkserver, stand-ins) the parent never sees (metrics, exporters).
     forward_events(_events)

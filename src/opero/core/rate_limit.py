@@ -285,7 +285,7 @@ def _check_deadline(limiter: RateLimiter, start: float, total: TotalTimeout | No
     """A reserved start past the call's deadline: give it back and fail now."""
     if total is None:
         return
-    deadline = total.var.get()
+    deadline = total.deadline()
     if deadline is not None and start > deadline:
         _give_back(limiter, start)
         raise total.error(None)

@@ -9,13 +9,18 @@ How an attempt is cut off:
 - **async**: the attempt's task is cancelled for real at the limit, as `asyncio.timeout`
   would (one timer per event loop instead of one per attempt, see `_Watch`), and
   `AttemptTimeoutError` is raised in its place.
-- **sync**: Python cannot stop a thread. The attempt runs on a helper thread while the
-  caller waits at most the limit; at the limit the caller gets `AttemptTimeoutError` and
+- **sync, with `timeout`**: Python cannot stop a thread. The attempt runs on a helper
+  thread while the caller waits at most the limit (the earlier of `timeout` and the
+  deadline); at the limit the caller gets `AttemptTimeoutError` and
   goes on (retry, fallback), and the abandoned attempt keeps running on its thread until
   it returns by itself; its result or exception is then dropped (a DEBUG log line says so).
   Helper threads are daemons and reused. Under `@opmap(mode="process")`, a worker process
   owns its main thread, so there the attempt runs on it and a `SIGALRM` timer raises the
   timeout inside the running code: the work really stops (see `use_alarm`).
+- **sync, `total_timeout` alone**: no helper thread (a hand-off costs ~70 us a call).
+  The deadline bounds the retries, their waits and the rate-limit waits from the
+  caller's thread, and no attempt starts after it; a running attempt is cut at it only
+  in an @opmap worker (`SIGALRM`). Add `timeout=` to have every attempt cut.
 """
 
 from __future__ import annotations
@@ -29,10 +34,12 @@ import sys
 import threading
 import time
 import weakref
+from _thread import get_ident as _get_ident
 from collections.abc import Awaitable, Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from opero.core import process_role
 from opero.exceptions import AttemptTimeoutError, DeadlineExceededError
 from opero.utils.logging import log
 from opero.utils.waits import acquire_within
@@ -42,20 +49,36 @@ if TYPE_CHECKING:
 
 
 class TotalTimeout:
-    """The deadline of one call of one decorated function."""
+    """The deadline of one call of one decorated function.
+
+    An async call sets it in a `ContextVar` per call (each task has its own). A sync
+    call keeps it in a small holder, ``[deadline, thread id]``, that the context keeps
+    for the thread: setting a `ContextVar` and resetting it costs ~0.4 us, most of what
+    a deadline would cost a healthy call; the holder is saved and restored instead. A
+    thread that sees another thread's holder (a copied context: a timeout's helper
+    thread) makes its own, so no two threads write one.
+    """
 
     __slots__ = ("name", "seconds", "var")
 
     def __init__(self, seconds: float, name: str) -> None:
         self.seconds = seconds
         self.name = name
-        self.var: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+        self.var: contextvars.ContextVar[Any] = contextvars.ContextVar(
             f"opero_deadline_{name}", default=None
         )
 
+    def deadline(self) -> float | None:
+        """This call's deadline (a `time.monotonic()` value), or None outside a call."""
+        value = self.var.get()
+        if value is None or type(value) is float:
+            return value
+        deadline: float | None = value[0]
+        return deadline
+
     def remaining(self) -> float | None:
         """Seconds left before this call's deadline, or None outside a call."""
-        deadline = self.var.get()
+        deadline = self.deadline()
         return None if deadline is None else deadline - time.monotonic()
 
     def error(self, attempts: int | None) -> DeadlineExceededError:
@@ -65,14 +88,19 @@ class TotalTimeout:
         return DeadlineExceededError(message)
 
     def wrap_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
-        var, seconds, monotonic = self.var, self.seconds, time.monotonic
+        var, seconds, monotonic, ident = self.var, self.seconds, time.monotonic, _get_ident
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            token = var.set(monotonic() + seconds)
+            holder = var.get()
+            if holder is None or holder[1] != ident():
+                holder = [None, ident()]
+                var.set(holder)  # once per thread (or task) that calls it
+            saved = holder[0]
+            holder[0] = monotonic() + seconds
             try:
                 return func(*args, **kwargs)
             finally:
-                var.reset(token)
+                holder[0] = saved
 
         return call
 
@@ -160,6 +188,9 @@ class AttemptTimeout:
         return attempt
 
     def wrap_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        if self.seconds is None:
+            return self._deadline_only_sync(func)
+
         def attempt(*args: Any, **kwargs: Any) -> Any:
             limit = self.limit()
             if limit is None:
@@ -169,6 +200,27 @@ class AttemptTimeout:
             if _alarm.usable():
                 return _alarm.run(self, limit, func, args, kwargs)
             return _runner.run(self, limit, func, args, kwargs)
+
+        return attempt
+
+    def _deadline_only_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        """`total_timeout` without `timeout` on a sync function: the attempt runs in the
+        caller's thread (no hand-off: ~70 us a call), starts only before the deadline,
+        and is cut at it only where a timer signal can (an @opmap worker process)."""
+        total = self.total
+        assert total is not None
+        var, monotonic, alarm, role = total.var, time.monotonic, _alarm, process_role
+
+        def attempt(*args: Any, **kwargs: Any) -> Any:
+            holder = var.get()  # set by `TotalTimeout.wrap_sync` (this is a sync pipeline)
+            deadline = None if holder is None else holder[0]
+            if deadline is not None:
+                left = deadline - monotonic()
+                if left <= 0:
+                    raise total.error(None)
+                if role.POOL_WORKER and alarm.usable():
+                    return alarm.run(self, left, func, args, kwargs)
+            return func(*args, **kwargs)
 
         return attempt
 
@@ -383,19 +435,21 @@ class _Alarm:
         self.enabled = True
 
     def usable(self) -> bool:
-        # Not nested (one timer per process) and only on the main thread, where the
-        # signal handler runs.
-        if threading.current_thread() is not threading.main_thread():
-            return False
+        # Only in an @opmap worker, not nested (one timer per process) and only on the
+        # main thread, where the signal handler runs. Outside workers (the common case,
+        # on every sync call with a deadline) the first test answers.
         if not self.enabled:
             if sys.platform == "win32":  # no SIGALRM: the thread hand-off
                 return False
             # Enabled on first use in an @opmap worker (the module may be imported
             # there only when an item decorates a function with a timeout).
-            worker = sys.modules.get("opero.concurrency.worker")
-            if worker is None or not getattr(worker, "POOL_WORKER", False):
+            if not process_role.POOL_WORKER:
+                return False
+            if threading.current_thread() is not threading.main_thread():
                 return False
             self.enable()
+        elif threading.current_thread() is not threading.main_thread():
+            return False
         return not self.armed
 
     def _fire(self, signum: int, frame: object) -> None:

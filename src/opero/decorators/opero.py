@@ -150,6 +150,7 @@ def decorate(func: Callable[P, R], options: OperoOptions) -> Callable[P, R]:
     # Nothing around a sync first attempt but the retries: @opmap may call `func` itself.
     bare = attempt is func and not (is_async or fallback or budget or total or step)
     direct = Direct(func, functools.partial(retry_sync, policy, name, func), observer)
+    extras["total"] = total
     _attach(wrapper, options, observer, step, extras, direct if bare else None)
     return cast(Callable[P, R], wrapper)
 
@@ -166,6 +167,7 @@ def _attach(
     wrapper.__opero_direct__ = direct
     wrapper.__opero_rate_limit__ = extras.get("rate_limit")
     wrapper.__opero_breakers__ = extras.get("breakers")
+    wrapper.__opero_total__ = extras.get("total")  # the TotalTimeout, for tests
     wrapper.cache_clear = step.clear if step else _no_cache_clear
     wrapper.cache_info = step.info if step else _no_cache_info
     wrapper.stats = observer.stats
