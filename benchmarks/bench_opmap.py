@@ -63,6 +63,20 @@ def median_ms(run: Callable[[], Any], rounds: int) -> float:
     return statistics.median(times) * 1000
 
 
+def interleaved_medians(contenders: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
+    """Median milliseconds per contender over interleaved rounds, so that a noisy moment
+    of this shared machine hits every one, in an order rotated each round: the map that
+    follows mpire's or joblib's runs while their workers wind down (about 15% slower
+    here), so no contender may always be it."""
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    names = list(contenders)
+    for number in range(rounds):
+        shift = number % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(median_ms(contenders[name], 1))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def process_trivial(rounds: int, workers: int, count: int) -> None:
     items = range(count)
     chunksize = max(1, -(-count // (workers * 4)))
@@ -108,16 +122,7 @@ def process_trivial(rounds: int, workers: int, count: int) -> None:
         "joblib": joblib_map,
         "mpire": mpire_map,
     }
-    # Interleaved rounds, so that a noisy moment of this shared machine hits every one,
-    # in an order rotated each round: the map that follows mpire's or joblib's runs while
-    # their workers wind down (about 15% slower here), so no contender may always be it.
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    names = list(contenders)
-    for number in range(rounds):
-        shift = number % len(names)
-        for name in names[shift:] + names[:shift]:
-            times[name].append(median_ms(contenders[name], 1))
-    medians = {name: statistics.median(values) for name, values in times.items()}
+    medians = interleaved_medians(contenders, rounds)
     print(f"process mode, {count:,} trivial items, {workers} workers, pool start included:")
     mine = medians["opmap (twat-mp)"]
     for name, value in medians.items():
@@ -160,13 +165,7 @@ def process_start_methods(rounds: int, workers: int, count: int) -> None:
         for size, inputs in (("start", small), ("items", items)):
             contenders[f"opmap {method} {size}"] = opero_run(method, inputs)
             contenders[f"Pool {method} {size}"] = pool_run(method, inputs)
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    names = list(contenders)
-    for number in range(rounds):
-        shift = number % len(names)
-        for name in names[shift:] + names[:shift]:
-            times[name].append(median_ms(contenders[name], 1))
-    med = {name: statistics.median(values) for name, values in times.items()}
+    med = interleaved_medians(contenders, rounds)
     print(
         f"process mode per start method, {workers} workers, medians of {rounds} rounds"
         f" (start: a map of {workers} items; items: {count:,} trivial items):"

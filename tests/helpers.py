@@ -16,6 +16,18 @@ def run_python(code: str, timeout: float = 60) -> subprocess.CompletedProcess[st
     )
 
 
+def start_session(code: str, *, stderr: int = subprocess.PIPE) -> subprocess.Popen[str]:
+    """Run `code` in a fresh interpreter in a session (process group) of its own, so a
+    test can signal the whole group as a terminal's Ctrl-C does, and find what is left."""
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        start_new_session=True,
+    )
+
+
 def reserve_starts(limiter: object, count: int, out: object) -> None:
     """In a worker process: take `count` starts, put their monotonic times on `out`."""
     starts = [limiter.take() for _ in range(count)]  # type: ignore[attr-defined]

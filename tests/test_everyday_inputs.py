@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from helpers import start_methods
+from helpers import start_methods, start_session
 from opero import opero, opmap
 
 FAST = {"retries": 0, "progress": False}
@@ -225,7 +225,6 @@ def test_ctrl_c_stops_a_thread_map_at_once() -> None:
             time.sleep(0.5)
             return x
 
-        begin = None
         try:
             mapped = opmap(mode="thread", workers=2, cache=False, progress=False)(slow)
             mapped(range(1000))  # chunks of up to 125 items: a minute of work each
@@ -234,13 +233,7 @@ def test_ctrl_c_stops_a_thread_map_at_once() -> None:
             sys.exit(130)
         """
     )
-    child = subprocess.Popen(
-        [sys.executable, "-c", code],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    child = start_session(code)
     assert child.stdout is not None
     try:
         started = [child.stdout.readline() for _ in range(2)]

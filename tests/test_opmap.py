@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from helpers import live_processes, max_starts_in_window, peak_overlap, start_methods
+from helpers import live_processes, max_starts_in_window, peak_overlap, start_methods, start_session
 from opero import OpmapError, RemoteError, WorkerCrashedError, opmap
 from opero import opero as opero_
 
@@ -366,13 +366,7 @@ def test_ctrl_c_to_the_process_group_stops_the_map_and_leaves_no_worker(
             sys.exit(130)
         """
     )
-    child = subprocess.Popen(
-        [sys.executable, "-c", code],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    child = start_session(code)
     assert child.stdout is not None
     try:
         lines = [child.stdout.readline() for _ in range(2)]

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from helpers import live_processes, start_methods
+from helpers import live_processes, start_methods, start_session
 from opero import OpmapError, opero, opmap
 from opero.concurrency import start
 
@@ -407,13 +407,7 @@ def test_workers_of_a_killed_parent_exit_on_their_own(start_method: str, how: st
                   cache=False, progress=False)(slow)(range(4))
         """
     )
-    parent = subprocess.Popen(
-        [sys.executable, "-c", code],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
+    parent = start_session(code, stderr=subprocess.DEVNULL)
     assert parent.stdout is not None
     try:
         workers = {int(parent.stdout.readline().split()[1]) for _ in range(2)}
