@@ -152,21 +152,18 @@ class ProcessEngine:
         self.slots = context.Array("q", self.capacity * SLOT_FIELDS, lock=False)
         initargs = (start, self.slots, self.capacity)
         self._context: Any = None
-        if kind == "twat-mp":
-            from pathos.multiprocessing import ProcessPool as PathosProcessPool
-            from twat_mp import MultiPool
-
-            factory = functools.partial(
-                PathosProcessPool,
-                id=f"opero-{uuid.uuid4().hex}",
-                initializer=init_process_worker,
-                initargs=initargs,
-                context=context,
-            )
-            self._context = MultiPool(pool_class=factory, nodes=workers)  # type: ignore[arg-type]
-            self._raw = self._context.__enter__()._serve()
-        else:
-            self._raw = context.Pool(workers, init_process_worker, initargs)
+        try:
+            self._raw = self._start(kind, context, workers, initargs)
+        except Exception as exc:
+            if method == "fork":
+                raise
+            # E.g. the fork server died importing a main module that maps at import.
+            who = "each worker and the fork server" if method == "forkserver" else "each worker"
+            raise RuntimeError(
+                f"opmap(): the {method} pool could not start ({type(exc).__name__}: {exc}). "
+                f"Under {method} {who} imports your main module: guard the script's top "
+                'level with `if __name__ == "__main__":`'
+            ) from exc
         self._known: dict[int, Any] = {}  # pid -> worker process, dead ones included
         self._suspects: set[tuple[int, int]] = set()
         self._claimed: set[int] = {0}  # pids seen in a slot: workers that started
@@ -174,6 +171,22 @@ class ProcessEngine:
         self.max_start_deaths = 2 * workers + 2
         for process in self._raw._pool:
             self._known[process.pid] = process
+
+    def _start(self, kind: str, context: Any, workers: int, initargs: tuple[Any, ...]) -> Any:
+        if kind != "twat-mp":
+            return context.Pool(workers, init_process_worker, initargs)
+        from pathos.multiprocessing import ProcessPool as PathosProcessPool
+        from twat_mp import MultiPool
+
+        factory = functools.partial(
+            PathosProcessPool,
+            id=f"opero-{uuid.uuid4().hex}",
+            initializer=init_process_worker,
+            initargs=initargs,
+            context=context,
+        )
+        self._context = MultiPool(pool_class=factory, nodes=workers)  # type: ignore[arg-type]
+        return self._context.__enter__()._serve()
 
     def submit(self, number: int, items: list[Any]) -> None:
         self._raw.apply_async(
