@@ -169,7 +169,9 @@ def opmap(func: Any = None, /, **options: Any) -> Any:
     """Map a resilient function over many items: ``results = fn(items, *args, **kwargs)``.
 
     ``mode`` is "process" (default), "thread" or "async" (then ``await fn(items)``);
-    ``workers`` items run at once. Failed items never lose the others: unless
+    ``workers`` items run at once. Process mode runs under ``start_method`` "fork",
+    "forkserver" or "spawn" (default: forkserver on Linux, spawn on macOS and Windows,
+    or ``OPERO_START_METHOD``). Failed items never lose the others: unless
     ``return_exceptions=True``, `OpmapError` is raised after every item ran, with
     `.results` and `.failures`. Every `@opero` option applies to each item. Bad options
     raise `TypeError`/`ValueError` here, at decoration.
