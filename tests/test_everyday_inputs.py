@@ -76,6 +76,14 @@ def test_a_function_annotated_none_is_not_cached_by_default() -> None:
     send_once("b")
     assert sent.count("b") == 1
 
+    @opero(cache_ttl=60)  # a cache option asks for the cache as plainly as cache=True
+    def send_daily(to: str) -> None:
+        sent.append(to)
+
+    send_daily("c")
+    send_daily("c")
+    assert sent.count("c") == 1
+
     @opero
     def square(x: int) -> int:  # the default cache stays for everything else
         sent.append("square")

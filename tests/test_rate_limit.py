@@ -436,3 +436,18 @@ async def test_a_storm_of_cancellations_does_not_starve_the_next_caller() -> Non
     await asyncio.gather(*storm, return_exceptions=True)
     asked = time.monotonic()
     assert await hit() - asked < 0.1  # it waited 4 s behind the cancelled turns
+
+
+def test_given_back_starts_past_the_holes_kept_pull_the_schedule_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opero.core import rate_limit
+
+    monkeypatch.setattr(rate_limit, "MAX_HOLES", 2)
+    limiter = LocalRateLimiter(10)
+    starts = [limiter.take() for _ in range(10)]  # up to 0.9 s ahead
+    for start in starts[1:9]:  # cancelled in order, earliest first: 2 holes, 6 dropped
+        limiter.give_back(start)
+    assert sorted(limiter.take() for _ in range(2)) == starts[1:3]  # the holes
+    # The 6 others pulled the end back: the next start is not 0.9 s ahead any more.
+    assert limiter.take() - starts[0] < 0.5

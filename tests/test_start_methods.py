@@ -388,6 +388,40 @@ def test_a_script_without_the_main_guard_fails_clearly_instead_of_hanging(
     assert 'guard the script\'s top level with `if __name__ == "__main__":`' in done.stderr
 
 
+def test_a_job_that_does_not_load_in_the_workers_fails_clearly_instead_of_hanging(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "refuses.py").write_text(
+        "import os\n"
+        "if os.environ['MAIN_PID'] != str(os.getpid()):\n"
+        "    raise ImportError('refuses to load in a worker')\n"
+        "def sq(x):\n"
+        "    return x * x\n"
+    )
+    (tmp_path / "main.py").write_text(
+        "import os\n"
+        "from opero import opmap\n"
+        "if __name__ == '__main__':\n"
+        "    os.environ['MAIN_PID'] = str(os.getpid())\n"
+        "    from refuses import sq\n"
+        "    print(opmap(mode='process', workers=2, start_method='spawn', cache=False,"
+        " progress=False)(sq)(range(4)))\n"
+    )
+    begin = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, str(tmp_path / "main.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert time.monotonic() - begin < 30  # the pool replaced the dying workers forever
+    assert done.returncode != 0
+    assert "exited while starting" in done.stderr
+    assert "refuses to load in a worker" in done.stderr  # the workers' own error, too
+
+
 # --- a killed parent --------------------------------------------------------------------
 
 

@@ -157,7 +157,11 @@ class ProcessEngine:
         except Exception as exc:
             if method == "fork":
                 raise
-            # E.g. the fork server died importing a main module that maps at import.
+            # The fork server died importing a main module that maps at import: the pool
+            # meets its closed pipe. Other failures (EMFILE, ENOMEM) keep their own error.
+            cut = (EOFError, BrokenPipeError, ConnectionResetError)
+            if not (isinstance(exc.__cause__, cut) or isinstance(exc, cut) or "EOF" in str(exc)):
+                raise
             who = "each worker and the fork server" if method == "forkserver" else "each worker"
             raise RuntimeError(
                 f"opmap(): the {method} pool could not start ({type(exc).__name__}: {exc}). "

@@ -201,6 +201,10 @@ def init_process_worker(start: WorkerStart, slots: Any, capacity: int) -> None:
     # Events go back to the parent with each chunk: hooks here are copies (or, under
     # spawn and forkserver, stand-ins) the parent never sees (metrics, exporters).
     forward_events(_events)
+    _exit_with_parent()
+    _job = start.job if isinstance(start.job, Job) else _built_job(start)
+    # Claimed last: a worker whose job does not load dies unclaimed, and the parent
+    # counts it as one that exited while starting (ProcessEngine._check_starts).
     process = _current_process()
     identity = process._identity
     number = identity[-1] if identity else os.getpid()
@@ -208,10 +212,11 @@ def init_process_worker(start: WorkerStart, slots: Any, capacity: int) -> None:
     _slot_base = (number % capacity) * SLOT_FIELDS
     slots[_slot_base] = os.getpid()
     slots[_slot_base + 1] = 0
-    _exit_with_parent()
-    if isinstance(start.job, Job):  # fork: the parent's pipeline and state, inherited
-        _job = start.job
-        return
+
+
+def _built_job(start: WorkerStart) -> Job:
+    """Under forkserver and spawn: the parent's view, its testing mode and listeners,
+    then the job built from its payload (with the map's shared rate limiter)."""
     _take_parents_view(start)
     active, max_attempts = start.testing
     if active:
@@ -222,10 +227,11 @@ def init_process_worker(start: WorkerStart, slots: Any, capacity: int) -> None:
         from opero.core.events import add_hook
 
         add_hook(_parent_listens)
-    _job = build_job(start.job)
-    step = getattr(_job.pipeline, "__opero_rate_limit__", None)
+    job = build_job(start.job)
+    step = getattr(job.pipeline, "__opero_rate_limit__", None)
     if step is not None and start.limiter is not None:
         step.limiter = start.limiter
+    return job
 
 
 def _take_parents_view(start: WorkerStart) -> None:

@@ -72,6 +72,7 @@ class DiskBackend:
         self._reopen_at = 0.0
         self._down = False
         self._closers = threading.local()
+        self._opening = threading.Lock()
         # A backend collected as part of a reference cycle: its objects' finalizers run
         # in no set order, the connection's (which warns) possibly before the closer's.
         # Weakref callbacks run before any of them: close this thread's connection there.
@@ -127,7 +128,8 @@ class DiskBackend:
     def _available(self) -> Any:
         cache = self._cache
         if cache is None and time.monotonic() >= self._reopen_at:
-            cache = self._open()
+            with self._opening:  # one thread opens it; the others find it open
+                cache = self._cache or self._open()
         return cache
 
     def _closes_with_thread(self) -> None:
@@ -135,10 +137,11 @@ class DiskBackend:
         collector when the thread ends (Python 3.13+ warns: "unclosed database"). A
         `_Closer` in this thread's local storage holds the connection and closes it
         there, as the thread's locals are cleared."""
-        if getattr(self._closers, "closer", None) is None:
-            con = self._cache._local.__dict__.get("con")  # diskcache's thread-local
-            if con is not None:
-                self._closers.closer = _Closer(con)
+        closer = getattr(self._closers, "closer", None)
+        con = self._cache._local.__dict__.get("con")  # diskcache's thread-local
+        # A new connection (diskcache opens one after a fork) gets a closer of its own.
+        if con is not None and (closer is None or closer.con is not con):
+            self._closers.closer = _Closer(con)
 
     def get(self, key: str) -> object:
         import sqlite3

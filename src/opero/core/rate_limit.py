@@ -46,8 +46,9 @@ class RateLimiter(Protocol):
     def release(self) -> float: ...
 
 
-# Most given-back starts a local limiter keeps for later takers; more are dropped (a
-# storm of cancellations keeps the most recent ones, the ones still ahead).
+# Most given-back starts a local limiter keeps for later takers. Past that, a given-back
+# start pulls the end of the schedule back one interval instead: the last two waiters
+# may then share a start, and `release` spaces them.
 MAX_HOLES = 4096
 
 
@@ -87,6 +88,8 @@ class LocalRateLimiter:
                 self._next_start = start  # it was the last reservation: undo it
             elif start < self._next_start and len(self._holes) < MAX_HOLES:
                 heapq.heappush(self._holes, start)
+            else:  # one reservation fewer ahead: the schedule ends one interval sooner
+                self._next_start = max(self._next_start - self.interval, time.monotonic())
 
     def release(self) -> float:
         with self._lock:

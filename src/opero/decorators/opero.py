@@ -54,7 +54,7 @@ def opero(
     here, at decoration, never at call time.
     """
     validated = build_options("opero", dict(options))
-    cache_given = "cache" in options
+    cache_given = cache_asked_for(options)
     if func is None:
         return functools.partial(decorate_for_user, options=validated, cache_given=cache_given)
     return decorate_for_user(func, validated, cache_given)
@@ -70,6 +70,15 @@ def decorate_for_user(
     if options.cache and not cache_given and returns_none(func):
         options = options._replace(cache=False)
     return decorate(func, options)
+
+
+# Options that ask for the cache as plainly as `cache=True`: they keep it on for a
+# function annotated `-> None` too.
+CACHE_OPTIONS = ("cache", "cache_ttl", "cache_key", "cache_backend", "cache_namespace")
+
+
+def cache_asked_for(options: Any) -> bool:
+    return any(name in options for name in CACHE_OPTIONS)
 
 
 def check_not_generator(decorator: str, func: Any) -> None:

@@ -32,6 +32,7 @@ from opero.core.options import OperoKwargs, OperoOptions, build_options
 from opero.decorators.opero import (
     _display_name,
     _is_async,
+    cache_asked_for,
     check_not_generator,
     decorate,
     returns_none,
@@ -51,6 +52,7 @@ T_contra = TypeVar("T_contra", contravariant=True)
 MODES = ("process", "thread", "async", "dask", "ray")
 # The most workers a map may ask for: more processes or threads than these fail to start
 # on ordinary machines (a map never starts more workers than it has items).
+MAX_CHUNKSIZE = 10**9  # items sent to a worker at once: more would never fit in memory
 # Windows: a pool waits on its workers' handles with WaitForMultipleObjects, which takes
 # at most 63 (CPython gh-89240; ProcessPoolExecutor stops at 61 there too).
 MAX_PROCESSES = 61 if sys.platform == "win32" else 1024
@@ -179,7 +181,7 @@ def opmap(func: Any = None, /, **options: Any) -> Any:
     own = {name: options.pop(name) for name in list(options) if name in MapSettings._fields}
     settings = _map_settings(own)
     validated = build_options("opmap", options)
-    cache_given = "cache" in options
+    cache_given = cache_asked_for(options)
     if func is None:
         return functools.partial(
             _build, settings=settings, options=validated, cache_given=cache_given
@@ -194,20 +196,7 @@ def _map_settings(given: dict[str, Any]) -> MapSettings:
         raise TypeError(f"opmap(): mode must be a str, got {mode!r}")
     if mode not in MODES:
         raise ValueError(f"opmap(): mode must be one of {', '.join(MODES)}, got {mode!r}")
-    for name in ("workers", "chunksize"):
-        value = getattr(settings, name)
-        if value is None:
-            continue
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"opmap(): {name} must be an int or None, got {value!r}")
-        if value < 1:
-            raise ValueError(f"opmap(): {name} must be >= 1, got {value!r}")
-    most = MAX_WORKERS[mode]
-    if workers is not None and workers > most:
-        raise ValueError(
-            f"opmap(): workers must be at most {most:,} in mode={mode!r} (each is a "
-            f"{'task' if mode == 'async' else 'thread or process'}), got {workers!r}"
-        )
+    _check_counts(mode, workers, chunksize)
     if chunksize is not None and mode == "async":
         raise ValueError("opmap(): chunksize applies to process and thread mode, not async")
     for name in ("ordered", "return_exceptions"):
@@ -235,6 +224,21 @@ def _map_settings(given: dict[str, Any]) -> MapSettings:
         }[mode]
         settings = settings._replace(workers=workers)
     return settings
+
+
+def _check_counts(mode: str, workers: object, chunksize: object) -> None:
+    """`workers` and `chunksize`: ints from 1 to what can run (see MAX_WORKERS)."""
+    most = {"workers": MAX_WORKERS[mode], "chunksize": MAX_CHUNKSIZE}
+    for name, value in (("workers", workers), ("chunksize", chunksize)):
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"opmap(): {name} must be an int or None, got {value!r}")
+        if value < 1:
+            raise ValueError(f"opmap(): {name} must be >= 1, got {value!r}")
+        if value > most[name]:
+            what = "" if name == "chunksize" else f" in mode={mode!r}"
+            raise ValueError(f"opmap(): {name} must be at most {most[name]:,}{what}, got {value!r}")
 
 
 def _check_cluster(mode: str, client: Any, address: object) -> None:
