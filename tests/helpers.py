@@ -3,6 +3,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from typing import NamedTuple
 
 
 def run_python(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -26,6 +27,42 @@ def start_session(code: str, *, stderr: int = subprocess.PIPE) -> subprocess.Pop
         text=True,
         start_new_session=True,
     )
+
+
+class Interrupted(NamedTuple):
+    """What `ctrl_c_after` saw: the first lines, the rest of the output, how long the
+    child took to end after the signal, its exit code and pid (its process group)."""
+
+    first: list[str]
+    out: str
+    err: str
+    seconds: float
+    returncode: int
+    pid: int
+
+
+def ctrl_c_after(code: str, lines: int) -> Interrupted:
+    """Run `code` in a session of its own, wait for `lines` lines of its output, then
+    send SIGINT to the whole group as a terminal's Ctrl-C does; the group is killed if
+    it is still there after 10 s."""
+    import os
+    import signal
+    import time
+
+    child = start_session(code)
+    assert child.stdout is not None
+    try:
+        first = [child.stdout.readline() for _ in range(lines)]
+        assert all(first), f"the child ended before it was ready: {child.communicate()}"
+        os.killpg(child.pid, signal.SIGINT)
+        sent = time.monotonic()
+        out, err = child.communicate(timeout=10)
+        seconds = time.monotonic() - sent
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.communicate()
+    return Interrupted(first, out, err, seconds, child.returncode, child.pid)
 
 
 def reserve_starts(limiter: object, count: int, out: object) -> None:

@@ -6,18 +6,16 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
-import signal
 import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 
-from helpers import start_methods, start_session
+from helpers import ctrl_c_after, start_methods
 from opero import opero, opmap
 
 FAST = {"retries": 0, "progress": False}
@@ -241,22 +239,11 @@ def test_ctrl_c_stops_a_thread_map_at_once() -> None:
             sys.exit(130)
         """
     )
-    child = start_session(code)
-    assert child.stdout is not None
-    try:
-        started = [child.stdout.readline() for _ in range(2)]
-        assert all(line.startswith("start") for line in started), child.communicate()
-        os.killpg(child.pid, signal.SIGINT)
-        interrupted = time.monotonic()
-        out, err = child.communicate(timeout=10)
-        took = time.monotonic() - interrupted
-    finally:
-        if child.poll() is None:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.communicate()
-    assert child.returncode == 130, err
-    assert took < 1 + 0.5 + 0.5  # the contract's 1 s, the running item, start-up slack
-    later = [line for line in out.splitlines() if line.startswith("start")]
+    seen = ctrl_c_after(code, lines=2)
+    assert all(line.startswith("start") for line in seen.first), seen
+    assert seen.returncode == 130, seen.err
+    assert seen.seconds < 1 + 0.5 + 0.5  # the contract's 1 s, the running item, slack
+    later = [line for line in seen.out.splitlines() if line.startswith("start")]
     assert len(later) <= 2  # at most the items starting as the signal came
 
 

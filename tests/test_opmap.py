@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from helpers import live_processes, max_starts_in_window, peak_overlap, start_methods, start_session
+from helpers import ctrl_c_after, live_processes, max_starts_in_window, peak_overlap, start_methods
 from opero import OpmapError, RemoteError, WorkerCrashedError, opmap
 from opero import opero as opero_
 
@@ -366,30 +366,18 @@ def test_ctrl_c_to_the_process_group_stops_the_map_and_leaves_no_worker(
             sys.exit(130)
         """
     )
-    child = start_session(code)
-    assert child.stdout is not None
-    try:
-        lines = [child.stdout.readline() for _ in range(2)]
-        if not all(lines):
-            pytest.fail(f"the child ended before its workers started: {child.communicate()}")
-        workers = {int(line.split()[1]) for line in lines}
-        os.killpg(child.pid, signal.SIGINT)  # as a terminal's Ctrl-C does
-        started = time.monotonic()
-        out, err = child.communicate(timeout=10)
-    finally:
-        if child.poll() is None:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.communicate()
-    assert time.monotonic() - started < 5
-    assert child.returncode == 130, err
-    assert "interrupted" in out
+    seen = ctrl_c_after(code, lines=2)  # both workers started
+    workers = {int(line.split()[1]) for line in seen.first}
+    assert seen.seconds < 5
+    assert seen.returncode == 130, seen.err
+    assert "interrupted" in seen.out
     for pid in workers:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
     # Nothing of the child's is left: no worker, no fork server, no resource tracker.
     deadline = time.monotonic() + 5
-    while live_processes(group=child.pid) and time.monotonic() < deadline:
+    while live_processes(group=seen.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert live_processes(group=child.pid) == set()
+    assert live_processes(group=seen.pid) == set()
 
 
 @pytest.mark.parametrize("mode", MODES)

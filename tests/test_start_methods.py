@@ -219,6 +219,14 @@ def test_a_module_level_mapper_travels_by_name(
         sys.modules.pop(name, None)
 
 
+def test_the_attributes_a_decorated_function_carries_are_listed_in_one_place() -> None:
+    from opero.decorators.opero import ATTACHED
+
+    decorated = opero(cache=False)(square)
+    ours = set(vars(decorated)) - {"__wrapped__"}
+    assert ours == set(ATTACHED)  # what a user's functools.wraps copies, left behind
+
+
 def test_a_users_wrapper_over_an_opero_function_is_kept(start_method: str) -> None:
     import functools
 

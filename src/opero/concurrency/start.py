@@ -123,8 +123,7 @@ def job_payload(
     workers run the hooks themselves (`keep_hooks`). Raises `TypeError` naming what
     cannot be pickled and how to fix it.
     """
-    if options.on_event is not None and not keep_hooks:
-        options = options._replace(on_event=_parent_hook)
+    options = _hooks_stay_behind(options, keep_hooks)
     if not options.cache:  # the cache lives in the parent; a backend object stays there
         options = options._replace(cache_backend="memory", cache_key=None)
     try:
@@ -135,6 +134,14 @@ def job_payload(
 
 def _parent_hook(event: Any) -> None:
     """Stands in for a function's hooks in a worker; the parent delivers the event."""
+
+
+def _hooks_stay_behind(options: Any, keep_hooks: bool) -> Any:
+    """`options` for a process worker: a stand-in for the function's hooks, which stay
+    in the parent (`keep_hooks`: a cluster worker runs them itself)."""
+    if options.on_event is None or keep_hooks:
+        return options
+    return options._replace(on_event=_parent_hook)
 
 
 def _dumps(value: Any, *, keep_hooks: bool = False) -> bytes:
@@ -152,6 +159,8 @@ def _dumps(value: Any, *, keep_hooks: bool = False) -> bytes:
 def _pickler_class() -> Any:
     import cloudpickle
 
+    from opero.decorators.opero import made_by_decorate
+
     class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
         def __init__(self, file: Any, *, keep_hooks: bool) -> None:
             super().__init__(file)
@@ -162,10 +171,8 @@ def _pickler_class() -> Any:
                 reference = _wrapped_reference(obj)
                 if reference is not None:  # a decorated module-level function's original
                     return _import_wrapped, reference
-                if is_opero_wrapper(obj):
-                    options = obj.__dict__["__opero_options__"]
-                    if options.on_event is not None and not self.keep_hooks:
-                        options = options._replace(on_event=_parent_hook)
+                if made_by_decorate(obj):
+                    options = _hooks_stay_behind(obj.__dict__["__opero_options__"], self.keep_hooks)
                     return _redecorate, (obj.__dict__["__wrapped__"], options)
                 if "__opero_options__" in obj.__dict__:  # functools.wraps over one of ours
                     obj = _without_copied_attributes(obj)
@@ -174,15 +181,20 @@ def _pickler_class() -> Any:
     return Pickler
 
 
+def _attribute_path(root: Any, qualname: str) -> Any:
+    """What `qualname` names below `root` (a module), or None."""
+    found = root
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return found
+
+
 def _importable(func: Any) -> bool:
     """Whether a worker finds `func` itself by importing its module (pickle by name)."""
     module = sys.modules.get(func.__module__)
     if module is None or func.__module__ == "__main__":
         return False
-    found: Any = module
-    for part in func.__qualname__.split("."):
-        found = getattr(found, part, None)
-    return found is func
+    return _attribute_path(module, func.__qualname__) is func
 
 
 def _wrapped_reference(func: Any) -> tuple[str, str, int] | None:
@@ -194,9 +206,7 @@ def _wrapped_reference(func: Any) -> tuple[str, str, int] | None:
     module = sys.modules.get(name)
     if module is None or name == "__main__" or "<locals>" in func.__qualname__:
         return None
-    found: Any = module
-    for part in func.__qualname__.split("."):
-        found = getattr(found, part, None)
+    found = _attribute_path(module, func.__qualname__)
     for depth in range(1, 9):
         found = getattr(found, "__wrapped__", None)
         if found is None:
@@ -210,30 +220,10 @@ def _import_wrapped(module: str, qualname: str, depth: int) -> Any:
     """A worker's side of `_wrapped_reference`."""
     import importlib
 
-    found: Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        found = getattr(found, part)
+    found = _attribute_path(importlib.import_module(module), qualname)
     for _ in range(depth):
         found = found.__wrapped__
     return found
-
-
-# What `functools.wraps` copies from an opero function onto a user's wrapper: its
-# pipeline's parts (locks, caches), which do not pickle and need not travel.
-_COPIED = frozenset(
-    {
-        "__opero_direct__",
-        "__opero_rate_limit__",
-        "__opero_breakers__",
-        "__opero_total__",
-        "__opero_observer__",
-        "__opero_options__",
-        "cache_clear",
-        "cache_info",
-        "stats",
-        "reset_stats",
-    }
-)
 
 
 def _without_copied_attributes(func: Any) -> Any:
@@ -246,16 +236,10 @@ def _without_copied_attributes(func: Any) -> Any:
     copy.__qualname__ = func.__qualname__
     copy.__module__ = func.__module__
     copy.__doc__ = func.__doc__
-    copy.__dict__.update({k: v for k, v in func.__dict__.items() if k not in _COPIED})
+    from opero.decorators.opero import ATTACHED
+
+    copy.__dict__.update({k: v for k, v in func.__dict__.items() if k not in ATTACHED})
     return copy
-
-
-def is_opero_wrapper(obj: Any) -> bool:
-    """Made by `decorate` (not a user's `functools.wraps` over one, which copies its
-    attributes)."""
-    from opero.decorators.opero import made_by_decorate
-
-    return made_by_decorate(obj)
 
 
 def _redecorate(func: Any, options: Any) -> Any:

@@ -165,8 +165,6 @@ def _until_stopped(items: list[Any], stop: list[bool]) -> Iterator[Any]:
 # --- process workers -------------------------------------------------------------------
 
 _job: Job | None = None
-# True in an @opmap process worker (set by init_process_worker): a process opero owns.
-POOL_WORKER = False
 _events: list[Event] = []  # a process worker's events of the chunk it runs
 _slots: Any = None
 _slot_base = 0
@@ -191,12 +189,11 @@ def init_process_worker(start: WorkerStart, slots: Any, capacity: int) -> None:
     group) it terminates the pool, so workers ignore SIGINT instead of dying mid-item.
     A worker whose parent dies (killed, so it could not terminate the pool) exits.
     """
-    global _job, _slots, _slot_base, POOL_WORKER  # noqa: PLW0603 - per-process worker state
+    global _job, _slots, _slot_base  # noqa: PLW0603 - per-process worker state
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # This process is ours: a sync attempt timeout can interrupt the item for real. The
     # timeout module turns SIGALRM on at its first timed attempt here (importing it now
     # would delay each worker's first chunk by the import).
-    POOL_WORKER = True
     process_role.POOL_WORKER = True
     # Events go back to the parent with each chunk: hooks here are copies (or, under
     # spawn and forkserver, stand-ins) the parent never sees (metrics, exporters).

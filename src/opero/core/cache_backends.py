@@ -190,10 +190,10 @@ class DiskBackend:
             self._cache.delete(key, retry=True)
 
     def __len__(self) -> int:
-        keys = self._own_keys()
-        if not keys:
+        cache = self._cache or self._available()
+        if cache is None:
             return 0
-        self._cache.expire()
+        cache.expire()
         return len(self._own_keys())
 
 

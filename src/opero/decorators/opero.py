@@ -61,15 +61,10 @@ def opero(
 
 
 def decorate_for_user(
-    func: Callable[P, R], options: OperoOptions, cache_given: bool, decorator: str = "opero"
+    func: Callable[P, R], options: OperoOptions, cache_given: bool
 ) -> Callable[P, R]:
-    """`decorate`, after what only the function itself can tell: a generator function
-    is refused, and one annotated ``-> None`` (called for its side effects) is cached
-    only when the user asked for the cache."""
-    check_not_generator(decorator, func)
-    if options.cache and not cache_given and returns_none(func):
-        options = options._replace(cache=False)
-    return decorate(func, options)
+    """`decorate`, after `options_for` has looked at the function itself."""
+    return decorate(func, options_for("opero", func, options, cache_given))
 
 
 # Options that ask for the cache as plainly as `cache=True`: they keep it on for a
@@ -81,22 +76,29 @@ def cache_asked_for(options: Any) -> bool:
     return any(name in options for name in CACHE_OPTIONS)
 
 
-def check_not_generator(decorator: str, func: Any) -> None:
+def options_for(
+    decorator: str, func: Any, options: OperoOptions, cache_given: bool
+) -> OperoOptions:
+    """What only the function itself can tell, at decoration: a generator function is
+    refused, and one annotated ``-> None`` (called for its side effects) is cached only
+    when the user asked for the cache."""
     inner = _innermost(getattr(func, "__func__", func))
     if inspect.isgeneratorfunction(inner) or inspect.isasyncgenfunction(inner):
-        name = _display_name(inner)
         raise TypeError(
-            f"{decorator}() cannot wrap the generator function {name}: retries and the "
-            "cache would see the generator object, not the items it yields (a failure "
-            "while iterating would never be retried, and a cached generator is empty "
-            "once consumed); decorate a function that returns the items as a list"
+            f"{decorator}() cannot wrap the generator function {_display_name(inner)}: "
+            "retries and the cache would see the generator object, not the items it "
+            "yields (a failure while iterating would never be retried, and a cached "
+            "generator is empty once consumed); decorate a function that returns the "
+            "items as a list"
         )
+    if options.cache and not cache_given and returns_none(inner):
+        return options._replace(cache=False)
+    return options
 
 
 def returns_none(func: Any) -> bool:
     """Annotated ``-> None``: called for what it does, so a cache hit would skip that."""
-    inner = _innermost(getattr(func, "__func__", func))
-    annotations = getattr(inner, "__annotations__", None)
+    annotations = getattr(func, "__annotations__", None)
     if not isinstance(annotations, dict) or "return" not in annotations:
         return False
     annotation = annotations["return"]
@@ -162,6 +164,22 @@ def decorate(func: Callable[P, R], options: OperoOptions) -> Callable[P, R]:
     extras["total"] = total
     _attach(wrapper, options, observer, step, extras, direct if bare else None)
     return cast(Callable[P, R], wrapper)
+
+
+# What `_attach` sets on a decorated function (and `functools.wraps` copies onto a
+# user's wrapper around one; opero.concurrency.start leaves those behind).
+ATTACHED = (
+    "__opero_direct__",
+    "__opero_rate_limit__",
+    "__opero_breakers__",
+    "__opero_total__",
+    "cache_clear",
+    "cache_info",
+    "stats",
+    "reset_stats",
+    "__opero_observer__",
+    "__opero_options__",
+)
 
 
 def _attach(

@@ -33,9 +33,8 @@ from opero.decorators.opero import (
     _display_name,
     _is_async,
     cache_asked_for,
-    check_not_generator,
     decorate,
-    returns_none,
+    options_for,
 )
 from opero.exceptions import OpmapError
 
@@ -392,9 +391,11 @@ class _Map:
 
         return dispatch_async(self.pipeline, items, args, kwargs, self.workers(items), low)
 
-    def progress(self, items: Any) -> Progress:
+    def begin(self, items: Any) -> Progress:
+        """A map of `items` starts: they are checked, and its progress bar made."""
         from opero.concurrency.progress import Progress
 
+        _check_items(self.name, items)
         return Progress(self.settings.progress, _length(items), self.name)
 
     def collect(self, batches: list[Batch]) -> list[Any]:
@@ -485,10 +486,7 @@ def _build(
 ) -> Any:
     if isinstance(func, classmethod | staticmethod) or not callable(func):
         raise TypeError(f"opmap() decorates a function, got {func!r}")
-    check_not_generator("opmap", func)
-    if options.cache and not cache_given and returns_none(func):
-        options = options._replace(cache=False)  # called for its side effects
-    state = _Map(func, settings, options)
+    state = _Map(func, settings, options_for("opmap", func, options, cache_given))
     if settings.mode == "async":
         if not state.is_async:
             raise TypeError(
@@ -550,8 +548,7 @@ def _check_items(name: str, items: object) -> None:
 
 def _sync_wrappers(state: _Map) -> Callable[..., Any]:
     def mapped(items: Iterable[Any], /, *args: Any, **kwargs: Any) -> list[Any]:
-        _check_items(state.name, items)
-        progress = state.progress(items)
+        progress = state.begin(items)
         batches: list[Batch] = []
         try:
             for batch in state.outcomes(items, args, kwargs):
@@ -562,8 +559,7 @@ def _sync_wrappers(state: _Map) -> Callable[..., Any]:
         return state.collect(batches)
 
     def imap(items: Iterable[Any], /, *args: Any, **kwargs: Any) -> Iterator[Any]:
-        _check_items(state.name, items)
-        progress = state.progress(items)
+        progress = state.begin(items)
         failures: dict[int, Any] = {}
         reorder = _Reorder() if state.settings.ordered else None
         low = (lambda: reorder.following) if reorder is not None else None
@@ -586,8 +582,7 @@ def _sync_wrappers(state: _Map) -> Callable[..., Any]:
 
 def _async_wrappers(state: _Map) -> Callable[..., Any]:
     async def mapped(items: Any, /, *args: Any, **kwargs: Any) -> list[Any]:
-        _check_items(state.name, items)
-        progress = state.progress(items)
+        progress = state.begin(items)
         batches: list[Batch] = []
         stream = state.aoutcomes(items, args, kwargs)
         try:
@@ -600,8 +595,7 @@ def _async_wrappers(state: _Map) -> Callable[..., Any]:
         return state.collect(batches)
 
     async def imap(items: Any, /, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        _check_items(state.name, items)
-        progress = state.progress(items)
+        progress = state.begin(items)
         failures: dict[int, Any] = {}
         reorder = _Reorder() if state.settings.ordered else None
         low = (lambda: reorder.following) if reorder is not None else None
