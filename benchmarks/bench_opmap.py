@@ -26,7 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
-import opero.concurrency.pool as pool_module
+import opero._maps.pool as pool_module
 from opero import opmap
 
 # The peers of the first sections fork where the platform can (Windows: spawn).

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from opero import opero
-from opero.core.rate_limit import SharedRateLimiter, wait_sync
+from opero._policies.rate_limit import SharedRateLimiter, wait_sync
 
 
 def max_in_window(starts: list[float], window: float = 1.0) -> int:

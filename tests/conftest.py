@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from loguru import logger
 
-import opero.core.retry as retry_module
+import opero._policies.retry as retry_module
 from helpers import start_methods
 
 

@@ -75,7 +75,7 @@ def release_starts(limiter: object, count: int, out: object) -> None:
     """In a worker process: wait through `limiter` `count` times, put the release times."""
     import time
 
-    from opero.core.rate_limit import wait_sync
+    from opero._policies.rate_limit import wait_sync
 
     starts = []
     for _ in range(count):

@@ -1,4 +1,4 @@
-"""Unit tests of the circuit breaker state machine (`opero.core.breaker`), on a fake clock."""
+"""Unit tests of the circuit breaker state machine (`opero._policies.breaker`), on a fake clock."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from opero.core.breaker import Breaker, BreakerSet, CircuitBreakerOptions
+from opero._policies.breaker import Breaker, BreakerSet, CircuitBreakerOptions
 from opero.exceptions import CircuitOpenError, OperoError
 
 

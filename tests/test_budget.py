@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from opero.core.budget import BudgetTracker, RetryBudget
+from opero._policies.budget import BudgetTracker, RetryBudget
 
 
 class FakeClock:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from conftest import Flaky
 from helpers import run_python
 from opero import opero
-from opero.core.cache_keys import KeyBuilder, memory_key, portable_key
+from opero._cache.keys import KeyBuilder, memory_key, portable_key
 
 
 class Counter:
@@ -385,7 +385,7 @@ def test_portable_keys_are_the_same_in_another_process() -> None:
     here = portable_key("mod:f", args)
     result = run_python(
         f"""
-        from opero.core.cache_keys import portable_key
+        from opero._cache.keys import portable_key
         print(portable_key("mod:f", {args!r}))
         """
     )

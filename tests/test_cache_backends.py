@@ -120,7 +120,7 @@ async def test_disk_with_an_async_function(cache_dir: Path) -> None:
 def test_default_disk_root_is_the_user_cache_dir(monkeypatch: pytest.MonkeyPatch) -> None:
     import platformdirs
 
-    from opero.core.cache_backends import cache_root
+    from opero._cache.backends import cache_root
 
     monkeypatch.delenv("OPERO_CACHE_DIR", raising=False)
     assert cache_root() == Path(platformdirs.user_cache_dir("opero"))
@@ -191,7 +191,7 @@ def test_redis_async_works_on_successive_event_loops(redis_env: str) -> None:
 
 
 async def test_redis_async_io_stays_off_the_event_loop_thread(redis_env: str) -> None:
-    from opero.core import cache_backends
+    from opero._cache import backends as cache_backends
 
     counter = Counter()
 
@@ -351,7 +351,7 @@ def test_unidentifiable_callables_are_refused_at_decoration(cache_dir: Path) -> 
 def test_portable_keys_of_objects_do_not_depend_on_the_hash_seed() -> None:
     code = """
         import dataclasses
-        from opero.core.cache_keys import portable_key
+        from opero._cache.keys import portable_key
 
         @dataclasses.dataclass(frozen=True)
         class Query:

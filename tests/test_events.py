@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-import opero.core.retry as retry_module
+import opero._policies.retry as retry_module
 from opero import (
     CircuitBreakerOptions,
     Event,
@@ -392,7 +392,7 @@ def test_a_slow_stack_read_at_the_timeout_does_not_turn_it_into_a_success(
 ) -> None:
     # The caller decides "timed out" before it reads its attempt number for the
     # abandoned thread: however long that read takes, the attempt does not come back.
-    from opero.core import introspect
+    from opero._observe import attempts as introspect
 
     real = introspect.attempt_at
 
@@ -631,7 +631,7 @@ def test_add_hook_from_many_threads_loses_none() -> None:
     for thread in threads:
         thread.join()
     try:
-        from opero.core.events import _hub
+        from opero._observe.events import _hub
 
         assert len(_hub.hooks) == 400
     finally:

@@ -314,7 +314,7 @@ def full_disk(tmp_path: Any) -> Iterator[Any]:
 def test_a_full_disk_leaves_the_function_working_uncached_until_it_has_room(
     full_disk: Any, monkeypatch: pytest.MonkeyPatch, opero_logs: list[str]
 ) -> None:
-    from opero.core import cache_backends
+    from opero._cache import backends as cache_backends
 
     monkeypatch.setenv("OPERO_CACHE_DIR", str(full_disk / "cache"))
     monkeypatch.setattr(cache_backends, "REOPEN_AFTER", 0.0)
@@ -337,7 +337,7 @@ def test_a_full_disk_leaves_the_function_working_uncached_until_it_has_room(
 def test_a_corrupted_cache_file_leaves_the_function_working_until_it_is_replaced(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch, opero_logs: list[str]
 ) -> None:
-    from opero.core import cache_backends
+    from opero._cache import backends as cache_backends
 
     monkeypatch.setenv("OPERO_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(cache_backends, "REOPEN_AFTER", 0.0)

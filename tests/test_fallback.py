@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from opero import AllFailedError, OperoError, RetryPredicateError, opero
-from opero.core.fallback import FallbackParameter
+from opero._pipeline.fallback import FallbackParameter
 
 
 class Recorder:

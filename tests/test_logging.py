@@ -74,7 +74,7 @@ def test_host_handlers_are_never_removed_or_added() -> None:
 
 
 def test_loguru_private_state_opero_relies_on_is_still_there() -> None:
-    # utils/logging.py reads loguru's activation list to avoid undoing a host's enable();
+    # _utils/logging.py reads loguru's activation list to avoid undoing a host's enable();
     # if loguru moves it, this fails and the adapter needs a look.
     core = getattr(logger, "_core", None)
     assert isinstance(getattr(core, "activation_list", None), list)

@@ -625,15 +625,15 @@ async def test_async_ordered_imap_behind_a_slow_item_pulls_a_bounded_window(sour
 
 # --- tiny items: the direct call, chunk sizes, chunks in flight ------------------------
 
-from opero.core.direct import direct_of  # noqa: E402 - next to the tests that use it
+from opero._pipeline.direct import direct_of  # noqa: E402 - next to the tests that use it
 
 
 def _outcomes_both_ways(func: Any, options: dict[str, Any], *args: Any) -> list[Any]:
     """A chunk run through the item pipeline and through its direct call, with the
     attempts each made."""
-    from opero.concurrency.worker import Job, run_items
-    from opero.core.options import build_options
-    from opero.decorators.opero import decorate
+    from opero._maps.worker import Job, run_items
+    from opero._pipeline.build import decorate
+    from opero._pipeline.options import build_options
 
     validated = build_options("opmap", {"cache": False, **options})
     pipeline = decorate(func, validated)
@@ -706,8 +706,8 @@ def _keyed(x: int, key: Any = ("a", "b")) -> int:
 def test_the_direct_call_is_for_pipelines_with_no_step_around_the_attempt(
     options: dict[str, Any], expected: bool
 ) -> None:
-    from opero.core.options import build_options
-    from opero.decorators.opero import decorate
+    from opero._pipeline.build import decorate
+    from opero._pipeline.options import build_options
 
     validated = build_options("opmap", {"cache": False, **options})
     assert (direct_of(decorate(_keyed, validated)) is not None) is expected
@@ -754,7 +754,7 @@ def test_direct_items_are_observed_from_the_moment_anyone_listens() -> None:
 
 
 def test_chunks_of_a_known_length_start_as_pool_map_and_grow_for_fast_items() -> None:
-    from opero.concurrency.pool import MAX_CHUNK, MAX_FIRST_CHUNK, MAX_GROWN_CHUNK, ChunkSizer
+    from opero._maps.pool import MAX_CHUNK, MAX_FIRST_CHUNK, MAX_GROWN_CHUNK, ChunkSizer
 
     sizer = ChunkSizer(workers=2, total=10_000, fixed=None, target=0.02)
     assert sizer.size == 1250  # a quarter of each worker's share, as Pool.map
@@ -790,7 +790,7 @@ class _SilentEngine:
     ("depth", "sized", "expected"), [(4, True, 8), (2, True, 4), (2, False, 4)]
 )
 def test_chunks_in_flight(depth: int, sized: bool, expected: int) -> None:
-    from opero.concurrency.pool import ChunkSizer, Dispatcher
+    from opero._maps.pool import ChunkSizer, Dispatcher
 
     items = range(100_000)
     engine = _SilentEngine()
@@ -805,7 +805,7 @@ def test_chunks_in_flight(depth: int, sized: bool, expected: int) -> None:
 def test_process_mode_has_4_chunks_per_worker_in_flight_for_a_known_length(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from opero.concurrency import pool
+    from opero._maps import pool
 
     depths = []
     original = pool.Dispatcher.__init__
@@ -824,7 +824,7 @@ def test_process_mode_has_4_chunks_per_worker_in_flight_for_a_known_length(
 def test_process_mode_runs_on_the_stdlib_pool_too(
     monkeypatch: pytest.MonkeyPatch, start_method: str
 ) -> None:
-    from opero.concurrency import pool
+    from opero._maps import pool
 
     kinds = []
     original = pool.ProcessEngine.__init__
@@ -850,7 +850,7 @@ def test_workers_leave_the_timeout_module_alone_when_no_item_has_a_timeout() -> 
         from opero import opmap
 
         def loaded(x):
-            return "opero.core.timeout" in sys.modules
+            return "opero._timeouts.timeout" in sys.modules
 
         if __name__ == "__main__":
             mapped = opmap(mode="process", workers=2, progress=False)
@@ -885,7 +885,7 @@ def test_a_timeout_first_used_inside_a_worker_still_stops_the_work() -> None:
 
         if __name__ == "__main__":
             mapped = opmap(mode="process", workers=1, cache=False, progress=False)(item)
-            print("opero.core.timeout" in sys.modules, mapped([1])[0])
+            print("opero._timeouts.timeout" in sys.modules, mapped([1])[0])
         """
     )
     done = subprocess.run(
@@ -979,8 +979,8 @@ def test_a_cluster_task_failed_as_a_whole_sends_its_items_once_more_alone() -> N
     # Dask fails every task that was on workers that kept dying, the innocent ones too.
     import queue
 
-    from opero.concurrency.pool import Batch, ChunkSizer, Dispatcher
-    from opero.concurrency.worker import Outcome
+    from opero._maps.pool import Batch, ChunkSizer, Dispatcher
+    from opero._maps.worker import Outcome
 
     class FakeCluster:
         resends_crashed = True
@@ -1021,7 +1021,7 @@ def test_a_cluster_task_failed_as_a_whole_sends_its_items_once_more_alone() -> N
 def test_a_map_starts_no_more_workers_than_it_has_items(
     monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
-    from opero.concurrency import pool
+    from opero._maps import pool
 
     started: list[int] = []
     original = pool.engine_for

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from opero import AttemptTimeoutError, DeadlineExceededError, opero, opmap
-from opero.core.breaker import CircuitBreakerOptions
-from opero.core.options import MAX_SECONDS
+from opero._pipeline.options import MAX_SECONDS
+from opero._policies.breaker import CircuitBreakerOptions
 
 NUMBERS = st.one_of(  # anything a user might pass, right or wrong
     st.none(),
@@ -210,7 +210,7 @@ def test_a_huge_bulkhead_costs_what_a_small_one_does() -> None:
 
 
 def test_slots_beyond_the_tokens_made_up_front_are_counted_exactly() -> None:
-    from opero.core.bulkhead import Slots
+    from opero._policies.bulkhead import Slots
 
     slots = Slots(100)  # 64 tokens made up front, 36 as they are taken
     assert all(slots.try_acquire() for _ in range(100))

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-import opero.core.options as options_module
+import opero._pipeline.options as options_module
 from opero import opero
+from opero._pipeline import option_checks
 
 
 def target(prompt: str, model: str = "a", *rest: int, key: str = "k", **extra: int) -> str:
@@ -207,8 +208,8 @@ def test_nothing_is_validated_or_inspected_at_call_time(
 
     monkeypatch.setattr(inspect, "signature", forbidden)
     monkeypatch.setattr(options_module, "build_options", forbidden)
-    for name in list(options_module._CHECKS):
-        monkeypatch.setitem(options_module._CHECKS, name, forbidden)
+    for name in list(option_checks.CHECKS):
+        monkeypatch.setitem(option_checks.CHECKS, name, forbidden)
     assert ask("hi") == "hi"
     assert flaky(7) == 7
     assert calls == ["a", "a", "b", 7, 7]

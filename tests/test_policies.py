@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-import opero.core.retry as retry_module
+import opero._policies.retry as retry_module
 from opero import (
     AllFailedError,
     AttemptTimeoutError,
@@ -29,7 +29,7 @@ from opero import (
     RetryPredicateError,
     opero,
 )
-from opero.core.timeout import abandoned_attempts
+from opero._timeouts.timeout import abandoned_attempts
 
 
 class FakeClock:
@@ -192,7 +192,7 @@ def test_a_sync_total_timeout_alone_starts_no_attempt_after_the_deadline() -> No
         time.sleep(0.2)
         return "done"
 
-    from opero.core import timeout as timeout_module
+    from opero._timeouts import timeout as timeout_module
 
     handed_off = timeout_module._runner.run
     with pytest.MonkeyPatch.context() as patch:
@@ -258,7 +258,7 @@ async def test_total_timeout_deadlines_of_concurrent_calls_are_separate() -> Non
 
 
 def test_sync_deadlines_of_threads_and_nested_calls_are_separate() -> None:
-    from opero.core.timeout import TotalTimeout
+    from opero._timeouts.timeout import TotalTimeout
 
     seen: dict[str, float | None] = {}
 
@@ -809,7 +809,7 @@ def test_bad_policy_options_fail_at_decoration(
 
 
 def test_bulkhead_slots_under_thread_contention_never_exceed_or_lose_a_slot() -> None:
-    from opero.core.bulkhead import Slots
+    from opero._policies.bulkhead import Slots
 
     slots = Slots(3)
     lock = threading.Lock()
@@ -866,7 +866,7 @@ async def test_async_retry_budget_caps_retries(sleeps: list[float]) -> None:
 def test_a_token_taken_on_the_lock_free_path_during_a_hand_over_is_no_error() -> None:
     from collections import deque
 
-    from opero.core.bulkhead import Slots, _Waiter
+    from opero._policies.bulkhead import Slots, _Waiter
 
     class Stolen(deque):  # type: ignore[type-arg]
         """Looks non-empty, but another thread's pop() got there first."""
@@ -982,7 +982,7 @@ def test_a_sigalrm_timeout_shorter_than_arming_still_raises_a_timeout() -> None:
         """
         import time
         from opero import opero, AttemptTimeoutError
-        from opero.core.timeout import use_alarm
+        from opero._timeouts.timeout import use_alarm
 
         use_alarm()
 
@@ -1008,7 +1008,7 @@ def test_a_sigalrm_timeout_shorter_than_arming_still_raises_a_timeout() -> None:
 def test_ctrl_c_while_queued_for_a_slot_does_not_leak_it() -> None:
     import signal
 
-    from opero.core.bulkhead import Slots
+    from opero._policies.bulkhead import Slots
 
     slots = Slots(1)
     assert slots.try_acquire()

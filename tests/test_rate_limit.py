@@ -15,7 +15,7 @@ import pytest
 from conftest import Flaky
 from helpers import LoopTicks, max_starts_in_window, release_starts, reserve_starts
 from opero import opero
-from opero.core.rate_limit import LocalRateLimiter, RedisRateLimiter, SharedRateLimiter
+from opero._policies.rate_limit import LocalRateLimiter, RedisRateLimiter, SharedRateLimiter
 
 SPACING_SLACK = 1e-9
 
@@ -342,7 +342,7 @@ def test_redis_down_falls_back_to_a_local_limit(
 
 
 def test_the_main_script_has_one_identity_in_every_process() -> None:
-    from opero.core.cache_keys import function_identity
+    from opero._cache.keys import function_identity
 
     def call() -> None: ...
 
@@ -441,7 +441,7 @@ async def test_a_storm_of_cancellations_does_not_starve_the_next_caller() -> Non
 def test_given_back_starts_past_the_holes_kept_pull_the_schedule_back(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from opero.core import rate_limit
+    from opero._policies import rate_limit
 
     monkeypatch.setattr(rate_limit, "MAX_HOLES", 2)
     limiter = LocalRateLimiter(10)

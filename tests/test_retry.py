@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from conftest import Flaky
 from helpers import LoopTicks, run_python
 from opero import OperoError, RetryPredicateError, opero
-from opero.core.options import build_options
-from opero.core.retry import RetryPolicy
+from opero._pipeline.options import build_options
+from opero._policies.retry import RetryPolicy
 
 
 def test_success_needs_one_call(sleeps: list[float]) -> None:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from opero.core.retry_after import server_delay
+from opero._policies.retry_after import server_delay
 
 NOW = datetime(2015, 10, 21, 7, 27, 0, tzinfo=UTC)
 

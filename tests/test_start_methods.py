@@ -23,7 +23,7 @@ import pytest
 
 from helpers import live_processes, start_methods, start_session
 from opero import OpmapError, opero, opmap
-from opero.concurrency import start
+from opero._maps import start
 
 POSIX_ONLY = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and sessions")
 FAST = {"retries": 0, "progress": False, "cache": False}
@@ -84,7 +84,7 @@ def test_the_environment_variable_sets_the_default_and_is_checked_at_decoration(
 
 
 def _method_used(mapped: Any) -> str:
-    from opero.concurrency import pool
+    from opero._maps import pool
 
     used: list[str] = []
     original = pool.ProcessEngine.__init__
@@ -220,7 +220,7 @@ def test_a_module_level_mapper_travels_by_name(
 
 
 def test_the_attributes_a_decorated_function_carries_are_listed_in_one_place() -> None:
-    from opero.decorators.opero import ATTACHED
+    from opero._pipeline.build import ATTACHED
 
     decorated = opero(cache=False)(square)
     ours = set(vars(decorated)) - {"__wrapped__"}

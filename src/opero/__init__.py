@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from opero.core.events import Event, Stats, add_hook, remove_hook
-from opero.core.introspect import current_attempt, current_call_id
-from opero.decorators.opero import opero
-from opero.decorators.opmap import opmap
+from opero._decorators.opero import opero
+from opero._decorators.opmap import opmap
+from opero._observe.attempts import current_attempt, current_call_id
+from opero._observe.events import Event, Stats, add_hook, remove_hook
+from opero._utils.logging import disable_if_loguru_loaded
 from opero.exceptions import (
     AllFailedError,
     AttemptTimeoutError,
@@ -26,11 +27,10 @@ from opero.exceptions import (
     RetryPredicateError,
     WorkerCrashedError,
 )
-from opero.utils.logging import disable_if_loguru_loaded
 
 if TYPE_CHECKING:  # loaded on first use by __getattr__ below
-    from opero.core.breaker import CircuitBreakerOptions
-    from opero.core.budget import RetryBudget
+    from opero._policies.breaker import CircuitBreakerOptions
+    from opero._policies.budget import RetryBudget
 
     __version__: str
 
@@ -65,11 +65,11 @@ disable_if_loguru_loaded()
 def __getattr__(name: str) -> object:
     # Option classes import dataclasses, slow enough to load only when first used.
     if name == "CircuitBreakerOptions":
-        from opero.core.breaker import CircuitBreakerOptions
+        from opero._policies.breaker import CircuitBreakerOptions
 
         return CircuitBreakerOptions
     if name == "RetryBudget":
-        from opero.core.budget import RetryBudget
+        from opero._policies.budget import RetryBudget
 
         return RetryBudget
     # The version is read from the installed metadata on first use only: importlib.metadata

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from opero.core.cache_backends import cache_root
-from opero.core.options import check_cache_namespace
+from opero._cache.backends import cache_root
+from opero._pipeline.options import check_cache_namespace
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

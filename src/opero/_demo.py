@@ -92,7 +92,7 @@ def _cache_scenario() -> None:
         answer = ask("What is cached?")
         took = (time.perf_counter() - started) * 1000
         _say(f"   {label}: {answer}  ({took:.3f} ms, service calls so far: {len(service.calls)})")
-    info = ask.cache_info()  # type: ignore[attr-defined]
+    info = ask.cache_info()
     _say(f"   cache_info: hits={info.hits} misses={info.misses} size={info.size}")
 
 
@@ -187,7 +187,7 @@ def _events_scenario() -> None:
     logger.disable("opero")  # the events say it all here
     _say(f"   result: {ask('Hello?', ['a', 'b'])}")
     logger.enable("opero")
-    _say(f"   ask.stats(): {ask.stats()}")  # type: ignore[attr-defined]
+    _say(f"   ask.stats(): {ask.stats()}")
 
 
 def run_demo() -> int:

@@ -37,8 +37,8 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, Status, StatusCode, Tracer, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
-from opero.core import events
-from opero.core.events import Event, add_hook, remove_hook
+from opero._observe import events
+from opero._observe.events import Event, add_hook, remove_hook
 
 __all__ = ["instrument"]
 

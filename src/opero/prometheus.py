@@ -35,8 +35,8 @@ from collections.abc import Callable
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
-from opero.core import events
-from opero.core.events import Event, add_hook, remove_hook
+from opero._observe import events
+from opero._observe.events import Event, add_hook, remove_hook
 
 __all__ = ["instrument"]
 

@@ -19,15 +19,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from opero.core import retry, testing_state
-
-
-async def _no_async_sleep(delay: float) -> None:
-    return None
-
-
-def _no_sleep(delay: float) -> None:
-    return None
+from opero._policies import retry
+from opero._policies.testing_mode import switch_on
+from opero._utils import testing_state
 
 
 @contextmanager
@@ -44,11 +38,3 @@ def no_waits(max_attempts: int | None = None) -> Iterator[None]:
         yield
     finally:
         retry.sync_sleep, retry.async_sleep, state.active, state.max_attempts = saved
-
-
-def switch_on(max_attempts: int | None) -> None:
-    """Testing mode on for the rest of this process (an @opmap worker whose parent is
-    inside `no_waits()`, under spawn or forkserver; fork inherits it)."""
-    retry.sync_sleep, retry.async_sleep = _no_sleep, _no_async_sleep
-    state = testing_state.state
-    state.active, state.max_attempts = True, max_attempts

@@ -1,6 +1,6 @@
 """The observed twin of a pipeline: the call and attempt layers that emit events.
 
-Only an observed call runs these (see `opero.core.events`); the fast pipeline has none
+Only an observed call runs these (see `opero._observe.events`); the fast pipeline has none
 of them. The call layer makes the call's `CallInfo` (its correlation id) current for
 everything inside, tasks the call starts included; the attempt layer numbers attempts
 and times them.
@@ -12,8 +12,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from opero.core import events
-from opero.core.events import CallInfo, Observer, current_call
+from opero._observe import attempts, events
+from opero._observe.events import CallInfo, Observer, current_call
 from opero.exceptions import (
     AttemptTimeoutError,
     BulkheadFullError,
@@ -135,3 +135,8 @@ def observed_attempts(
         return result
 
     return observed
+
+
+# current_attempt(): the observed attempt layer calls attempts (see the guard's rule).
+attempts.mark_nested(attempts.CALLER, observed_attempts, "observed")
+attempts.mark_nested(attempts.CALLER, observed_attempts, "async_observed")

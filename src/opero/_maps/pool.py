@@ -29,6 +29,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import (
+    AsyncGenerator,
     AsyncIterator,
     Awaitable,
     Callable,
@@ -39,8 +40,9 @@ from collections.abc import (
 )
 from typing import Any, NamedTuple
 
-from opero.concurrency.start import WorkerStart, context_for
-from opero.concurrency.worker import (
+from opero._cache.step import MISSING
+from opero._maps.start import WorkerStart, context_for
+from opero._maps.worker import (
     SLOT_FIELDS,
     Job,
     Outcome,
@@ -51,7 +53,6 @@ from opero.concurrency.worker import (
     run_chunk_in_process,
     run_chunk_local,
 )
-from opero.core.cache import MISSING
 from opero.exceptions import WorkerCrashedError
 
 PROCESS_POOL = "twat-mp"  # or "stdlib": measured side by side in benchmarks/bench_opmap.py
@@ -137,7 +138,7 @@ class ProcessEngine:
     `kind="twat-mp"`: twat-mp's `MultiPool` context over a pathos `ProcessPool` (on
     `multiprocess`, given the start method's context); `kind="stdlib"`:
     `multiprocessing.Pool`. `start` is what each worker starts from
-    (`opero.concurrency.start.WorkerStart`): under fork the job itself, inherited with
+    (`opero._maps.start.WorkerStart`): under fork the job itself, inherited with
     lambdas and closures and never pickled; under forkserver and spawn its payload.
     """
 
@@ -541,11 +542,11 @@ def engine_for(mode: str, job: Any, workers: int, where: Any = None) -> Iterator
     `where` the start method."""
     engine: Engine
     if mode == "dask":
-        from opero.concurrency.cluster import DaskEngine
+        from opero._maps.cluster import DaskEngine
 
         engine = DaskEngine(job, workers, where)
     elif mode == "ray":
-        from opero.concurrency.cluster import RayEngine
+        from opero._maps.cluster import RayEngine
 
         engine = RayEngine(job, workers, where)
     elif mode == "process":
@@ -567,7 +568,7 @@ async def dispatch_async(
     kwargs: dict[str, Any],
     workers: int,
     low: Callable[[], int] | None = None,
-) -> AsyncIterator[Batch]:
+) -> AsyncGenerator[Batch]:
     """Every item's outcome, in completion order, from `workers` tasks on this loop.
 
     `low`, for an ordered stream, is the next index its consumer waits for: no item is

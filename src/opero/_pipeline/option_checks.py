@@ -1,153 +1,15 @@
-"""The validated, frozen option set of `@opero`. Defaults live here and nowhere else.
-
-Everything is checked once, when the decorator is applied; the call path never looks at
-an option by name again.
-"""
+"""The checks behind `build_options`: one per option, each raising `TypeError` for a
+value of the wrong type and `ValueError` for one out of range, naming the option."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
+from collections.abc import Callable
+from typing import Any
 
-from opero.core.cache import BUILTIN_CACHE_BACKENDS, CacheBackend
-
-if TYPE_CHECKING:  # imported when an option uses them: dataclasses is slow to import
-    from opero.core.breaker import CircuitBreakerOptions
-    from opero.core.budget import RetryBudget
-
-RetryOn = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+from opero._cache.step import BUILTIN_CACHE_BACKENDS, CacheBackend
 
 RATE_LIMIT_BACKENDS = frozenset({"local", "redis"})
-
-
-class OperoKwargs(TypedDict, total=False):
-    """The keyword-only options of `@opero` (and, applied per item, of `@opmap`)."""
-
-    cache: bool
-    cache_ttl: float | None
-    cache_backend: str | CacheBackend
-    cache_key: Callable[..., object] | None
-    cache_namespace: str
-    cache_maxsize: int
-    retries: int
-    backoff_factor: float
-    min_delay: float
-    max_delay: float
-    retry_on: RetryOn
-    jitter: bool
-    arg_fallback: str | None
-    rate_limit: float | None
-    rate_limit_backend: str
-    rate_limit_key: str | None
-    timeout: float | None
-    total_timeout: float | None
-    circuit_breaker: bool | CircuitBreakerOptions | None
-    max_concurrency: int | None
-    max_concurrency_wait: float | None
-    retry_if_result: Callable[[Any], object] | None
-    retry_budget: float | RetryBudget | None
-    on_event: Callable[[Any], object] | Sequence[Callable[[Any], object]] | None
-    stats: bool
-
-
-class OperoOptions(NamedTuple):
-    """One decorated function's options, validated. Immutable and picklable."""
-
-    cache: bool = True
-    cache_ttl: float | None = None
-    cache_backend: str | CacheBackend = "memory"
-    cache_key: Callable[..., object] | None = None
-    cache_namespace: str = "opero"
-    cache_maxsize: int = 1024
-    retries: int = 3
-    backoff_factor: float = 1.5
-    min_delay: float = 0.1
-    max_delay: float = 30.0
-    retry_on: RetryOn = Exception
-    jitter: bool = True
-    arg_fallback: str | None = None
-    rate_limit: float | None = None
-    rate_limit_backend: str = "local"
-    rate_limit_key: str | None = None
-    timeout: float | None = None
-    total_timeout: float | None = None
-    # After build_options: a CircuitBreakerOptions, or None for no breaker.
-    circuit_breaker: bool | CircuitBreakerOptions | None = None
-    max_concurrency: int | None = None
-    max_concurrency_wait: float | None = None
-    retry_if_result: Callable[[Any], object] | None = None
-    # After build_options: a RetryBudget, or None for no budget.
-    retry_budget: float | RetryBudget | None = None
-    on_event: Callable[[Any], object] | Sequence[Callable[[Any], object]] | None = None
-    stats: bool = False
-
-
-def build_options(decorator: str, given: dict[str, Any]) -> OperoOptions:
-    """Check every option in `given` and return the frozen set, defaults filled in.
-
-    Raises `TypeError` for an unknown option or a value of the wrong type and `ValueError`
-    for a value out of range; the message names the decorator, the option and the value.
-    """
-    unknown = [name for name in given if name not in OperoOptions._fields]
-    if unknown:
-        raise TypeError(_unknown_option_message(decorator, unknown[0]))
-    options = OperoOptions(**given)
-    for name, check in _CHECKS.items():
-        check(f"{decorator}(): {name}", getattr(options, name))
-    if options.cache_backend == "twat" and options.cache_ttl is not None:
-        raise ValueError(
-            f"{decorator}(): cache_ttl ({options.cache_ttl!r}) is not supported by "
-            "cache_backend='twat' (twat-cache's fcache keeps entries until cleared)"
-        )
-    if options.rate_limit_key is not None and options.rate_limit_backend != "redis":
-        raise ValueError(
-            f"{decorator}(): rate_limit_key ({options.rate_limit_key!r}) is only used with "
-            "rate_limit_backend='redis'"
-        )
-    if options.rate_limit_backend == "redis" and options.rate_limit is None:
-        raise ValueError(
-            f"{decorator}(): rate_limit_backend='redis' needs a rate_limit (attempts per second)"
-        )
-    if options.max_concurrency_wait is not None and options.max_concurrency is None:
-        raise ValueError(
-            f"{decorator}(): max_concurrency_wait ({options.max_concurrency_wait!r}) needs "
-            "max_concurrency (the most calls in flight at once)"
-        )
-    if options.max_delay < options.min_delay:
-        raise ValueError(
-            f"{decorator}(): max_delay ({options.max_delay!r}) must not be less than "
-            f"min_delay ({options.min_delay!r}); max_delay defaults to 30.0, raise it too"
-        )
-    return _normalized(decorator, options)
-
-
-def _normalized(decorator: str, options: OperoOptions) -> OperoOptions:
-    """`circuit_breaker` and `retry_budget` in their one runtime form (or None)."""
-    breaker = options.circuit_breaker
-    if breaker is True:
-        from opero.core.breaker import CircuitBreakerOptions
-
-        breaker = CircuitBreakerOptions()
-    elif breaker is False:
-        breaker = None
-    budget = options.retry_budget
-    if isinstance(budget, int | float):
-        from opero.core.budget import RetryBudget
-
-        try:
-            budget = RetryBudget(ratio=float(budget))
-        except ValueError as exc:
-            raise ValueError(f"{decorator}(): retry_budget: {exc}") from None
-    return options._replace(circuit_breaker=breaker, retry_budget=budget)
-
-
-def _unknown_option_message(decorator: str, name: str) -> str:
-    import difflib
-
-    message = f"{decorator}() got an unknown option {name!r}"
-    close = difflib.get_close_matches(name, OperoOptions._fields, n=1)
-    return f"{message}; did you mean {close[0]!r}?" if close else message
 
 
 def _is_number(value: object) -> bool:
@@ -302,7 +164,7 @@ def _rate_limit_backend(where: str, value: object) -> None:
 def _circuit_breaker(where: str, value: object) -> None:
     if value is None or isinstance(value, bool):
         return
-    from opero.core.breaker import CircuitBreakerOptions
+    from opero._policies.breaker import CircuitBreakerOptions
 
     if isinstance(value, CircuitBreakerOptions):
         return
@@ -315,7 +177,7 @@ def _retry_budget(where: str, value: object) -> None:
     if _is_number(value):
         _number(where, value, low=0, low_inclusive=False)
         return
-    from opero.core.budget import RetryBudget
+    from opero._policies.budget import RetryBudget
 
     if not isinstance(value, RetryBudget):
         raise TypeError(
@@ -349,7 +211,7 @@ def _on_event(where: str, value: object) -> None:
     )
 
 
-_CHECKS: dict[str, Callable[[str, Any], None]] = {
+CHECKS: dict[str, Callable[[str, Any], None]] = {
     "cache": _bool,
     "cache_ttl": _positive_or_none,
     "cache_backend": _cache_backend,

@@ -5,7 +5,7 @@ exception in a form the parent can rebuild), so a failing item never costs the o
 and the pool engine never sees an exception it could mishandle.
 
 Process workers get their pipeline once, through the pool initializer: inherited under
-fork, built from a cloudpickle payload under forkserver and spawn (`opero.concurrency.start`),
+fork, built from a cloudpickle payload under forkserver and spawn (`opero._maps.start`),
 never pickled per item. They take their items as stdlib-pickled bytes and answer in bytes:
 the engine (multiprocess, on dill) then only moves bytes, and dill's pure-Python pickler
 stays off the hot path. Before each chunk a worker writes the chunk's number into its slot of a
@@ -23,10 +23,10 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from opero.concurrency.start import WorkerStart
-from opero.core import process_role
-from opero.core.direct import Direct, run_direct
-from opero.core.events import Event, forward_events
+from opero._maps.start import WorkerStart
+from opero._observe.events import Event, forward_events
+from opero._pipeline.direct import Direct, run_direct
+from opero._utils import process_role
 from opero.exceptions import RemoteError, WorkerCrashedError
 
 # Slot layout in the shared array: [pid, chunk number + 1 (0: none)] per worker.
@@ -171,15 +171,15 @@ _slot_base = 0
 
 
 def build_job(payload: bytes) -> Job:
-    """A worker's `Job`, built from what `opero.concurrency.start.job_payload` packed."""
+    """A worker's `Job`, built from what `opero._maps.start.job_payload` packed."""
     import cloudpickle
 
-    from opero.core.direct import direct_of
-    from opero.decorators.opero import _is_async, decorate
+    from opero._pipeline.build import decorate, is_async_callable
+    from opero._pipeline.direct import direct_of
 
     func, options, args, kwargs = cloudpickle.loads(payload)
     pipeline = decorate(func, options)
-    return Job(pipeline, args, kwargs, is_async=_is_async(func), direct=direct_of(pipeline))
+    return Job(pipeline, args, kwargs, is_async=is_async_callable(func), direct=direct_of(pipeline))
 
 
 def init_process_worker(start: WorkerStart, slots: Any, capacity: int) -> None:
@@ -217,11 +217,11 @@ def _built_job(start: WorkerStart) -> Job:
     _take_parents_view(start)
     active, max_attempts = start.testing
     if active:
-        from opero.testing import switch_on
+        from opero._policies.testing_mode import switch_on
 
         switch_on(max_attempts)
     if start.observed:  # the parent has global hooks: collect every function's events
-        from opero.core.events import add_hook
+        from opero._observe.events import add_hook
 
         add_hook(_parent_listens)
     job = build_job(start.job)

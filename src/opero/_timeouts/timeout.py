@@ -39,10 +39,11 @@ from collections.abc import Awaitable, Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from opero.core import process_role
+from opero._observe import attempts
+from opero._utils import process_role
+from opero._utils.logging import log
+from opero._utils.waits import acquire_within
 from opero.exceptions import AttemptTimeoutError, DeadlineExceededError
-from opero.utils.logging import log
-from opero.utils.waits import acquire_within
 
 if TYPE_CHECKING:
     import asyncio
@@ -199,7 +200,9 @@ class AttemptTimeout:
                 raise self.error(limit)
             if _alarm.usable():
                 return _alarm.run(self, limit, func, args, kwargs)
-            return _runner.run(self, limit, func, args, kwargs)
+            # This frame, for current_attempt() on the helper thread: the attempt's
+            # number is where this frame is in the caller's stack.
+            return _runner.run(self, limit, func, args, kwargs, sys._getframe())
 
         return attempt
 
@@ -313,15 +316,17 @@ class _Job:
         "result",
     )
 
-    def __init__(self, func: Callable[..., Any], args: Any, kwargs: Any, name: str) -> None:
+    def __init__(
+        self, func: Callable[..., Any], args: Any, kwargs: Any, name: str, caller: FrameType
+    ) -> None:
         self.func = func
         self.args = args
         self.kwargs = kwargs
         self.name = name
         self.context = contextvars.copy_context()  # so context (and deadlines) flow in
         # For current_attempt() on the thread, which has not the caller's stack: the
-        # frame that made the attempt (the step's caller), read only if asked.
-        self.caller: FrameType | None = sys._getframe(3)
+        # step's frame that handed the attempt over, walked out from only if asked.
+        self.caller: FrameType | None = caller
         self.attempt: int | None = None  # the number, once `caller` moves on
         self.attempt_kept = False  # set once `attempt` is
         # Held until the thread has the outcome: a bare lock is far cheaper to make and
@@ -351,8 +356,9 @@ class _ThreadRunner:
         func: Callable[..., Any],
         args: Any,
         kwargs: Any,
+        caller: FrameType,
     ) -> Any:
-        job = _Job(func, args, kwargs, step.name)
+        job = _Job(func, args, kwargs, step.name, caller)
         with self._lock:
             inbox = self._idle.pop() if self._idle else None
         if inbox is None:
@@ -370,9 +376,7 @@ class _ThreadRunner:
                 if abandoned:
                     # The caller's frames move on once it raises: the attempt number
                     # they hold now is kept first, for current_attempt() on the thread.
-                    from opero.core.introspect import attempt_at
-
-                    job.attempt = attempt_at(job.caller)
+                    job.attempt = attempts.attempt_at(job.caller)
                     job.attempt_kept = True
                     raise step.error(limit)
         finally:
@@ -385,7 +389,7 @@ class _ThreadRunner:
 
     def _serve(self, inbox: queue.SimpleQueue[_Job]) -> None:
         while True:
-            job = inbox.get()
+            job = _serving.job = inbox.get()
             func = job.func
             try:
                 job.result = job.context.run(func, *job.args, **job.kwargs)
@@ -405,11 +409,30 @@ class _ThreadRunner:
                 log().debug("{}: an attempt abandoned at its timeout {} later", job.name, outcome)
                 job.result = job.error = None
             del job  # the caller holds the outcome; the thread must not keep it alive
+            _serving.job = None
             if not keep:
                 return
 
 
 _runner = _ThreadRunner()
+_serving = threading.local()  # .job: the attempt a helper thread runs now
+
+
+def _attempt_on_this_thread() -> int | None:
+    """current_attempt() on a helper thread: the number in the waiting caller's frames,
+    or the one kept for it once the caller gave up on the attempt."""
+    job: _Job | None = getattr(_serving, "job", None)
+    if job is None:
+        return None
+    if job.caller is not None and not job.attempt_kept:
+        attempt = attempts.attempt_at(job.caller)
+        if not job.attempt_kept:  # its frames were still waiting: exact
+            return attempt
+    # Given up at its timeout (maybe while we read its frames, which then moved on).
+    return job.attempt
+
+
+attempts.mark_handoff(_ThreadRunner._serve, _attempt_on_this_thread)
 
 
 # --- sync attempts in @opmap worker processes: SIGALRM ----------------------------------

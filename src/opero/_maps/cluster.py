@@ -22,7 +22,7 @@ import queue
 import threading
 from typing import Any
 
-from opero.concurrency.worker import (
+from opero._maps.worker import (
     Job,
     Outcome,
     build_job,
@@ -55,7 +55,7 @@ def _job_of(payload: bytes) -> Job:
 
 def run_remote_chunk(payload: bytes, items: bytes) -> bytes:
     """A Dask task: one chunk of items through the pipeline; the `Outcome`, pickled."""
-    from opero.concurrency.worker import _loads
+    from opero._maps.worker import _loads
 
     outcome = run_items(_job_of(payload), _loads(items), portable_error)
     return encode_outcome(outcome)

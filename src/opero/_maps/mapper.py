@@ -1,280 +1,58 @@
-"""`@opmap`: one resilient function, mapped over many items.
+"""The map machinery behind `@opmap`: one pipeline per decorated function, mapped.
 
 Each item runs the same pipeline as an `@opero` call (the options apply per item). This
-module validates the map's own options, builds the per-item pipeline once, and turns the
-dispatcher's per-item outcomes (`opero.concurrency.pool`) into a list, a stream, or an
-`OpmapError` that keeps every other item's result.
+module builds the per-item pipeline once, and turns the dispatcher's per-item outcomes
+(`opero._maps.pool`) into a list, a stream, or an `OpmapError` that keeps every other
+item's result.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import os
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
-from typing import (
-    TYPE_CHECKING,
-    Any,
-    Concatenate,
-    Literal,
-    NamedTuple,
-    ParamSpec,
-    Protocol,
-    TypeVar,
-    Unpack,
-    overload,
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Sized,
 )
+from typing import TYPE_CHECKING, Any
 
-from opero.core.cache import CacheInfo, build_cache_step
-from opero.core.direct import direct_of
-from opero.core.options import OperoKwargs, OperoOptions, build_options
-from opero.decorators.opero import (
-    _display_name,
-    _is_async,
-    cache_asked_for,
-    decorate,
-    options_for,
-)
+from opero._cache.step import build_cache_step
+from opero._maps.settings import CLUSTER_MODES, MapSettings
+from opero._pipeline.build import decorate, display_name, is_async_callable, options_for
+from opero._pipeline.direct import direct_of
+from opero._pipeline.options import OperoOptions
 from opero.exceptions import OpmapError
 
 if TYPE_CHECKING:
-    from opero.concurrency.pool import Batch
-    from opero.concurrency.progress import Progress
-    from opero.core.events import Stats
-
-T = TypeVar("T")
-R = TypeVar("R")
-P = ParamSpec("P")
-T_contra = TypeVar("T_contra", contravariant=True)
-
-MODES = ("process", "thread", "async", "dask", "ray")
-# The most workers a map may ask for: more processes or threads than these fail to start
-# on ordinary machines (a map never starts more workers than it has items).
-MAX_CHUNKSIZE = 10**9  # items sent to a worker at once: more would never fit in memory
-# Windows: a pool waits on its workers' handles with WaitForMultipleObjects, which takes
-# at most 63 (CPython gh-89240; ProcessPoolExecutor stops at 61 there too).
-MAX_PROCESSES = 61 if sys.platform == "win32" else 1024
-MAX_WORKERS = {
-    "process": MAX_PROCESSES,
-    "thread": 4096,
-    "async": 1_000_000,
-    "dask": 4096,
-    "ray": 4096,
-}
-CLUSTER_MODES = frozenset({"dask", "ray"})
-
-
-class OpmapKwargs(OperoKwargs, total=False):
-    """`@opmap`'s own options (besides `mode`), next to every `@opero` option."""
-
-    workers: int | None
-    ordered: bool
-    progress: bool | Literal["always"]
-    return_exceptions: bool
-    chunksize: int | None
-    client: Any
-    address: str | None
-    start_method: Literal["fork", "forkserver", "spawn"] | None
-
-
-class Mapper(Protocol[T_contra, P, R]):
-    """What `@opmap` makes of a function in process and thread mode."""
-
-    def __call__(self, items: Iterable[T_contra], /, *args: P.args, **kwargs: P.kwargs) -> list[R]:
-        """Every item's result, as a list (in input order unless ``ordered=False``)."""
-        ...
-
-    def imap(self, items: Iterable[T_contra], /, *args: P.args, **kwargs: P.kwargs) -> Iterator[R]:
-        """The results as they finish, with bounded work in flight."""
-        ...
-
-    def cache_clear(self) -> None: ...
-
-    def cache_info(self) -> CacheInfo: ...
-
-    def stats(self) -> Stats:
-        """Counts over every map's items (``stats=True``), whichever process ran them."""
-        ...
-
-    def reset_stats(self) -> None: ...
-
-
-class AsyncMapper(Protocol[T_contra, P, R]):
-    """What `@opmap(mode="async")` makes of an async function."""
-
-    def __call__(
-        self,
-        items: Iterable[T_contra] | AsyncIterator[T_contra],
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> Coroutine[Any, Any, list[R]]: ...
-
-    def imap(
-        self,
-        items: Iterable[T_contra] | AsyncIterator[T_contra],
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> AsyncIterator[R]: ...
-
-    def cache_clear(self) -> None: ...
-
-    def cache_info(self) -> CacheInfo: ...
-
-    def stats(self) -> Stats:
-        """Counts over every map's items (``stats=True``), whichever process ran them."""
-        ...
-
-    def reset_stats(self) -> None: ...
-
-
-class MapSettings(NamedTuple):
-    """`@opmap`'s own options, validated."""
-
-    mode: str = "process"
-    workers: int | None = None
-    ordered: bool = True
-    progress: bool | str = True
-    return_exceptions: bool = False
-    chunksize: int | None = None
-    client: Any = None  # mode="dask": a distributed.Client, or a scheduler address
-    address: str | None = None  # mode="ray": the Ray cluster's address
-    # mode="process": "fork", "forkserver" or "spawn"; None: OPERO_START_METHOD if set,
-    # else opero's default for the platform (resolved per map, see concurrency/start.py)
-    start_method: str | None = None
-
-
-@overload
-def opmap(func: Callable[Concatenate[T, P], R], /) -> Mapper[T, P, R]: ...
-
-
-@overload
-def opmap(
-    func: None = None, /, *, mode: Literal["async"], **options: Unpack[OpmapKwargs]
-) -> Callable[[Callable[Concatenate[T, P], Awaitable[R]]], AsyncMapper[T, P, R]]: ...
-
-
-@overload
-def opmap(
-    func: None = None,
-    /,
-    *,
-    mode: Literal["process", "thread"] = ...,
-    **options: Unpack[OpmapKwargs],
-) -> Callable[[Callable[Concatenate[T, P], R]], Mapper[T, P, R]]: ...
-
-
-def opmap(func: Any = None, /, **options: Any) -> Any:
-    """Map a resilient function over many items: ``results = fn(items, *args, **kwargs)``.
-
-    ``mode`` is "process" (default), "thread" or "async" (then ``await fn(items)``);
-    ``workers`` items run at once. Process mode runs under ``start_method`` "fork",
-    "forkserver" or "spawn" (default: forkserver on Linux, spawn on macOS and Windows,
-    or ``OPERO_START_METHOD``). Failed items never lose the others: unless
-    ``return_exceptions=True``, `OpmapError` is raised after every item ran, with
-    `.results` and `.failures`. Every `@opero` option applies to each item. Bad options
-    raise `TypeError`/`ValueError` here, at decoration.
-    """
-    own = {name: options.pop(name) for name in list(options) if name in MapSettings._fields}
-    settings = _map_settings(own)
-    validated = build_options("opmap", options)
-    cache_given = cache_asked_for(options)
-    if func is None:
-        return functools.partial(
-            _build, settings=settings, options=validated, cache_given=cache_given
-        )
-    return _build(func, settings, validated, cache_given)
-
-
-def _map_settings(given: dict[str, Any]) -> MapSettings:
-    settings = MapSettings(**given)
-    mode, workers, chunksize = settings.mode, settings.workers, settings.chunksize
-    if not isinstance(mode, str):
-        raise TypeError(f"opmap(): mode must be a str, got {mode!r}")
-    if mode not in MODES:
-        raise ValueError(f"opmap(): mode must be one of {', '.join(MODES)}, got {mode!r}")
-    _check_counts(mode, workers, chunksize)
-    if chunksize is not None and mode == "async":
-        raise ValueError("opmap(): chunksize applies to process and thread mode, not async")
-    for name in ("ordered", "return_exceptions"):
-        if not isinstance(getattr(settings, name), bool):
-            raise TypeError(
-                f"opmap(): {name} must be True or False, got {getattr(settings, name)!r}"
-            )
-    progress = settings.progress
-    if not (isinstance(progress, bool) or progress == "always"):
-        raise ValueError(f"opmap(): progress must be True, False or 'always', got {progress!r}")
-    _check_cluster(mode, settings.client, settings.address)
-    from opero.concurrency.start import check_start_method
-
-    settings = settings._replace(
-        start_method=check_start_method("opmap", settings.start_method, mode)
-    )
-    if workers is None:
-        cpus = os.cpu_count() or 1
-        workers = {
-            "process": min(cpus, MAX_PROCESSES),
-            "thread": min(32, cpus + 4),
-            "async": 64,
-            "dask": cpus,
-            "ray": cpus,
-        }[mode]
-        settings = settings._replace(workers=workers)
-    return settings
-
-
-def _check_counts(mode: str, workers: object, chunksize: object) -> None:
-    """`workers` and `chunksize`: ints from 1 to what can run (see MAX_WORKERS)."""
-    most = {"workers": MAX_WORKERS[mode], "chunksize": MAX_CHUNKSIZE}
-    for name, value in (("workers", workers), ("chunksize", chunksize)):
-        if value is None:
-            continue
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"opmap(): {name} must be an int or None, got {value!r}")
-        if value < 1:
-            raise ValueError(f"opmap(): {name} must be >= 1, got {value!r}")
-        if value > most[name]:
-            what = "" if name == "chunksize" else f" in mode={mode!r}"
-            raise ValueError(f"opmap(): {name} must be at most {most[name]:,}{what}, got {value!r}")
-
-
-def _check_cluster(mode: str, client: Any, address: object) -> None:
-    """`client` (Dask) and `address` (Ray) belong to their mode."""
-    if client is not None:
-        if mode != "dask":
-            raise ValueError(f"opmap(): client is for mode='dask', not mode={mode!r}")
-        if not (isinstance(client, str) or hasattr(client, "submit")):
-            raise TypeError(
-                "opmap(): client must be a distributed.Client or a scheduler address "
-                f"such as 'tcp://scheduler:8786', got {client!r}"
-            )
-    if address is not None:
-        if mode != "ray":
-            raise ValueError(f"opmap(): address is for mode='ray', not mode={mode!r}")
-        if not isinstance(address, str):
-            raise TypeError(f"opmap(): address must be a str, got {address!r}")
+    from opero._maps.pool import Batch
+    from opero._maps.progress import Progress
 
 
 class _Map:
     """One decorated function's map machinery; the public wrappers delegate here."""
 
     def __init__(self, func: Callable[..., Any], settings: MapSettings, options: OperoOptions):
-        self.name = _display_name(func)
+        self.name = display_name(func)
         self.settings = settings
         self.options = options
-        self.is_async = _is_async(func)
+        self.is_async = is_async_callable(func)
         self.cache_step = None
         self.func = func
         self.limiters: dict[tuple[str, str], Any] = {}
+        # What `decorate` made: a function with the attributes `_attach` set on it.
+        self.pipeline: Any
         if settings.mode == "process" or settings.mode in CLUSTER_MODES:
             # The cache lives in the parent; workers run the rest of the pipeline.
             self.pipeline = decorate(func, options._replace(cache=False))
             if options.cache:
                 self.cache_step = build_cache_step(func, options)
                 # Hits served here are the function's events (and count in its stats).
-                self.cache_step.observer = self.pipeline.__opero_observer__  # type: ignore[attr-defined]
+                self.cache_step.observer = self.pipeline.__opero_observer__
                 self.cache_step.observer.cached = True
             if settings.mode in CLUSTER_MODES and options.stats:
                 raise ValueError(
@@ -294,7 +72,7 @@ class _Map:
         self.direct = direct_of(self.pipeline)
 
     def start_method(self) -> str:
-        from opero.concurrency.start import default_start_method
+        from opero._maps.start import default_start_method
 
         return self.settings.start_method or default_start_method()
 
@@ -306,8 +84,8 @@ class _Map:
             return None  # no limit, or Redis's, which every process shares already
         limiter = self.limiters.get((kind, method))
         if limiter is None:
-            from opero.concurrency.start import context_for
-            from opero.core.rate_limit import SharedRateLimiter
+            from opero._maps.start import context_for
+            from opero._policies.rate_limit import SharedRateLimiter
 
             assert self.options.rate_limit is not None
             limiter = SharedRateLimiter(self.options.rate_limit, context_for(kind, method))
@@ -318,9 +96,9 @@ class _Map:
 
     def process_start(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, str]:
         """What this map's process workers start from (a `WorkerStart`), and how."""
-        from opero.concurrency import pool
-        from opero.concurrency.start import build_start
-        from opero.concurrency.worker import Job
+        from opero._maps import pool
+        from opero._maps.start import build_start
+        from opero._maps.worker import Job
 
         method = self.start_method()
         limiter = self.shared_limiter(pool.PROCESS_POOL, method)
@@ -347,14 +125,14 @@ class _Map:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         low: Callable[[], int] | None = None,
-    ) -> Iterator[Batch]:
-        from opero.concurrency.pool import ChunkSizer, Dispatcher, ParentCache, engine_for
-        from opero.concurrency.worker import Job
+    ) -> Generator[Batch]:
+        from opero._maps.pool import ChunkSizer, Dispatcher, ParentCache, engine_for
+        from opero._maps.worker import Job
 
         mode, workers = self.settings.mode, self.workers(items)
         cache = None if self.cache_step is None else ParentCache(self.cache_step, args, kwargs)
         if mode in CLUSTER_MODES:
-            from opero.concurrency.start import job_payload
+            from opero._maps.start import job_payload
 
             options = self.options._replace(cache=False)
             remote = job_payload(self.func, options, args, kwargs, keep_hooks=True)
@@ -386,14 +164,14 @@ class _Map:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         low: Callable[[], int] | None = None,
-    ) -> AsyncIterator[Batch]:
-        from opero.concurrency.pool import dispatch_async
+    ) -> AsyncGenerator[Batch]:
+        from opero._maps.pool import dispatch_async
 
         return dispatch_async(self.pipeline, items, args, kwargs, self.workers(items), low)
 
     def begin(self, items: Any) -> Progress:
         """A map of `items` starts: they are checked, and its progress bar made."""
-        from opero.concurrency.progress import Progress
+        from opero._maps.progress import Progress
 
         _check_items(self.name, items)
         return Progress(self.settings.progress, _length(items), self.name)
@@ -481,7 +259,7 @@ class _Reorder:
         return ready
 
 
-def _build(
+def build_mapper(
     func: Callable[..., Any], settings: MapSettings, options: OperoOptions, cache_given: bool
 ) -> Any:
     if isinstance(func, classmethod | staticmethod) or not callable(func):
@@ -493,18 +271,18 @@ def _build(
                 f"opmap(mode='async'): {state.name} is not an async def function; "
                 "use mode='thread' or mode='process' for a plain function"
             )
-        wrapper = _async_wrappers(state)
+        wrapper: Any = _async_wrappers(state)
     else:
         wrapper = _sync_wrappers(state)
     functools.update_wrapper(wrapper, func)
-    wrapper.__signature__ = _mapper_signature(func)  # type: ignore[attr-defined]
+    wrapper.__signature__ = _mapper_signature(func)
     step = state.cache_step
-    wrapper.cache_clear = step.clear if step else state.pipeline.cache_clear  # type: ignore[attr-defined]
-    wrapper.cache_info = step.info if step else state.pipeline.cache_info  # type: ignore[attr-defined]
+    wrapper.cache_clear = step.clear if step else state.pipeline.cache_clear
+    wrapper.cache_info = step.info if step else state.pipeline.cache_info
     # Counted in this process: thread and async items directly, process items as their
     # events come back with each chunk, parent-side cache hits as they are served.
-    wrapper.stats = state.pipeline.stats  # type: ignore[attr-defined]
-    wrapper.reset_stats = state.pipeline.reset_stats  # type: ignore[attr-defined]
+    wrapper.stats = state.pipeline.stats
+    wrapper.reset_stats = state.pipeline.reset_stats
     return wrapper
 
 
@@ -572,11 +350,12 @@ def _sync_wrappers(state: _Map) -> Callable[..., Any]:
                     entries = reorder.push(entries)
                 yield from state.streamed(entries, failures)
         finally:
-            stream.close()  # type: ignore[attr-defined]  # an early break stops the pool now, not at garbage collection
+            stream.close()  # an early break stops the pool now, not at garbage collection
             progress.close()
         state.finish_stream(failures)
 
-    mapped.imap = imap  # type: ignore[attr-defined]
+    wrappers: Any = mapped
+    wrappers.imap = imap
     return mapped
 
 
@@ -590,7 +369,7 @@ def _async_wrappers(state: _Map) -> Callable[..., Any]:
                 batches.append(batch)
                 progress.update(len(batch.indices), len(batch.failures))
         finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
             progress.close()
         return state.collect(batches)
 
@@ -609,16 +388,19 @@ def _async_wrappers(state: _Map) -> Callable[..., Any]:
                 for value in state.streamed(entries, failures):
                     yield value
         finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
             progress.close()
         state.finish_stream(failures)
 
-    mapped.imap = imap  # type: ignore[attr-defined]
+    wrappers: Any = mapped
+    wrappers.imap = imap
     return mapped
 
 
 def _length(items: object) -> int | None:
+    if not isinstance(items, Sized):
+        return None
     try:
-        return len(items)  # type: ignore[arg-type]
-    except TypeError:
+        return len(items)
+    except TypeError:  # a __len__ that refuses
         return None

@@ -9,27 +9,30 @@ from __future__ import annotations
 
 import contextvars
 import random
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from opero.core import events, testing_state
-from opero.core.events import CallInfo, call_id, current_call
-from opero.core.options import OperoOptions
+from opero._observe import attempts as attempts_registry
+from opero._observe import events
+from opero._observe.events import CallInfo, call_id, current_call
+from opero._utils import testing_state
+from opero._utils.logging import log
 from opero.exceptions import (
     CircuitOpenError,
     DeadlineExceededError,
     ResultRejectedError,
     RetryPredicateError,
 )
-from opero.utils.logging import log
 
 if TYPE_CHECKING:
     import tenacity
 
-    from opero.core.budget import BudgetTracker
-    from opero.core.events import Observer
-    from opero.core.timeout import TotalTimeout
+    from opero._observe.events import Observer
+    from opero._pipeline.options import OperoOptions
+    from opero._policies.budget import BudgetTracker
+    from opero._timeouts.timeout import TotalTimeout
 
 # Never retried whatever `retry_on` says: opero's own verdicts on this call.
 _NEVER_RETRIED = (CircuitOpenError, DeadlineExceededError, RetryPredicateError)
@@ -132,7 +135,7 @@ class _Stop:
 
 def _retrying_options(policy: RetryPolicy, name: str, stopped: _Stop) -> dict[str, Any]:
 
-    from opero.core.retry_after import server_delay  # on the failure path only
+    from opero._policies.retry_after import server_delay  # on the failure path only
 
     def wait(state: tenacity.RetryCallState) -> float:
         outcome = state.outcome
@@ -265,9 +268,12 @@ def retry_sync(
     retrying = tenacity.Retrying(sleep=sync_sleep, **_retrying_options(policy, name, stopped))
     attempts = 0
     token = own_call(name)
+    here = sys._getframe()  # current_attempt() finds the count by this loop's frame
+    count = attempts_registry.retries_started(here)
     try:
         for attempt in retrying:
             attempts += 1
+            count[0] = attempts
             with attempt:
                 if attempts == 1:  # tenacity records the attempt already made, then waits
                     raise failure
@@ -278,6 +284,7 @@ def retry_sync(
             raise
         raise error from exc
     finally:
+        attempts_registry.retries_ended(here)
         if token is not None:
             current_call.reset(token)
     raise AssertionError("unreachable: tenacity stops by returning or raising")
@@ -307,9 +314,12 @@ async def retry_async(
     )
     attempts = 0
     token = own_call(name)
+    here = sys._getframe()
+    count = attempts_registry.retries_started(here)
     try:
         async for attempt in retrying:
             attempts += 1
+            count[0] = attempts
             with attempt:
                 if attempts == 1:
                     raise failure
@@ -320,6 +330,10 @@ async def retry_async(
             raise
         raise error from exc
     finally:
+        attempts_registry.retries_ended(here)
         if token is not None:
             current_call.reset(token)
     raise AssertionError("unreachable: tenacity stops by returning or raising")
+
+
+attempts_registry.mark(attempts_registry.RETRY, retry_sync, retry_async)

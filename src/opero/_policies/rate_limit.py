@@ -28,11 +28,11 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-from opero.core import testing_state
-from opero.core.events import RATE_LIMIT_WAIT, current_call
+from opero._observe.events import RATE_LIMIT_WAIT, current_call
+from opero._utils import testing_state
 
 if TYPE_CHECKING:
-    from opero.core.timeout import TotalTimeout
+    from opero._timeouts.timeout import TotalTimeout
 
 
 class RateLimiter(Protocol):
@@ -183,7 +183,7 @@ class RedisRateLimiter:
     def __init__(self, rate: float, key: str, url: str | None = None) -> None:
         import os
 
-        from opero.core.cache_backends import DEFAULT_REDIS_URL, import_redis
+        from opero._utils.redis import DEFAULT_REDIS_URL, import_redis
 
         redis = import_redis()
 
@@ -218,7 +218,7 @@ class RedisRateLimiter:
 
     def _note_outage(self, exc: Exception) -> None:
         if not self._down:
-            from opero.utils.logging import log
+            from opero._utils.logging import log
 
             log().warning(
                 "rate limit: Redis failed with {}; limiting this process only",
@@ -345,16 +345,3 @@ class RateLimitStep:
         """An observed attempt waited `waited` seconds for its turn (reported from 1 ms)."""
         if waited >= 0.001 and self.observer is not None:
             self.observer.emit(RATE_LIMIT_WAIT, current_call.get(), delay=waited)
-
-
-def build_rate_limit_step(func: Any, options: Any) -> RateLimitStep:
-    """The step `options.rate_limit` asks for (at decoration)."""
-    rate = float(options.rate_limit)
-    if options.rate_limit_backend == "redis":
-        key = options.rate_limit_key
-        if key is None:  # the same name in every process: the function's identity
-            from opero.core.cache_keys import function_identity
-
-            key = f"opero:{options.cache_namespace}:ratelimit:{function_identity(func)}"
-        return RateLimitStep(RedisRateLimiter(rate, key))
-    return RateLimitStep(LocalRateLimiter(rate))

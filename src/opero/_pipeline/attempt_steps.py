@@ -1,10 +1,11 @@
 """The guard around each attempt: circuit breaker, bulkhead and `retry_if_result`.
 
-In the pipeline's order they are three steps (breaker, then bulkhead, then the rate limit,
-then the result check); they run here in one frame, because each step is a function call
-and, for async functions, a coroutine, and on the success path that is most of their
-cost. The rate limit is inside the guard, so the order is kept: the result check acts
-only after the call returned, when the rate limit has nothing left to do.
+In the pipeline's order they are three steps around the rate limit (breaker, bulkhead,
+then the rate limit and the attempt timeout, then the result check on what came back);
+they run here in one frame, because each step is a function call and, for async
+functions, a coroutine, and on the success path that is most of their cost. The rate
+limit and the attempt timeout are the guarded function, so the order is kept: the result
+check acts only after the call returned, when they have nothing left to do.
 
 - **Breaker**: asked before the attempt, told the outcome after, never holding a lock
   during the call. With `arg_fallback`, each fallback value has its own breaker, found
@@ -27,16 +28,17 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Hashable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from opero.core.breaker import CLOSED
-from opero.core.retry import retry_async, retry_sync
+from opero._observe import attempts
+from opero._policies.breaker import CLOSED
+from opero._policies.retry import retry_async, retry_sync
 from opero.exceptions import BulkheadFullError, ResultRejectedError, RetryPredicateError
 
 if TYPE_CHECKING:
-    from opero.core.breaker import Breaker, BreakerSet
-    from opero.core.bulkhead import Bulkhead
-    from opero.core.events import Observer
-    from opero.core.fallback import FallbackParameter
-    from opero.core.retry import RetryPolicy
+    from opero._observe.events import Observer
+    from opero._pipeline.fallback import FallbackParameter
+    from opero._policies.breaker import Breaker, BreakerSet
+    from opero._policies.bulkhead import Bulkhead
+    from opero._policies.retry import RetryPolicy
 
 
 # Our own load shedding and a bug in a predicate say nothing about the service.
@@ -271,3 +273,7 @@ def _whole_call(call: WholeCall | None) -> tuple[Any, ...]:
     budget = call.policy.budget
     record = budget.record_call if budget is not None else None
     return call.policy, call.name, call.divert, call.again, record
+
+
+attempts.mark_nested(attempts.GUARD, Guard.wrap_sync, "attempt")
+attempts.mark_nested(attempts.GUARD, Guard.wrap_async, "attempt")

@@ -10,11 +10,11 @@ import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from opero.core import events
-from opero.core.events import CallInfo, call_id, current_call
-from opero.core.retry import RetryPolicy, own_call, retry_async, retry_sync
+from opero._observe import attempts, events
+from opero._observe.events import CallInfo, call_id, current_call
+from opero._policies.retry import RetryPolicy, own_call, retry_async, retry_sync
+from opero._utils.logging import log
 from opero.exceptions import AllFailedError, DeadlineExceededError, RetryPredicateError
-from opero.utils.logging import log
 
 R = TypeVar("R")
 
@@ -221,3 +221,7 @@ async def call_with_fallback_async(
     finally:
         if token is not None:
             current_call.reset(token)
+
+
+# current_attempt(): the loop makes each value's first attempt itself.
+attempts.mark(attempts.FIRST, call_with_fallback_sync, call_with_fallback_async)

@@ -17,7 +17,8 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+from opero._utils.redis import DEFAULT_REDIS_URL, import_redis
+
 _MISSING = object()
 
 
@@ -102,7 +103,7 @@ class DiskBackend:
         except (sqlite3.Error, diskcache.Timeout) as exc:
             return self._unavailable(exc)
         if self._down:
-            from opero.utils.logging import log
+            from opero._utils.logging import log
 
             log().info("disk cache in {} is available again", self.directory)
         self._down = False
@@ -113,7 +114,7 @@ class DiskBackend:
     def _unavailable(self, exc: Exception) -> None:
         self._reopen_at = time.monotonic() + REOPEN_AFTER
         if not self._down:
-            from opero.utils.logging import log
+            from opero._utils.logging import log
 
             log().warning(
                 "disk cache in {} cannot be opened ({}: {}); running uncached, "
@@ -296,18 +297,6 @@ class RedisBackend:
         import asyncio
 
         await asyncio.to_thread(self.set, key, value, ttl)
-
-
-def import_redis() -> Any:
-    """redis-py, or an ImportError that says how to install it."""
-    try:
-        import redis
-    except ImportError as exc:
-        raise ImportError(
-            "the Redis backends need redis-py: pip install 'opero[redis]' "
-            "(from a clone: pip install '.[redis]')"
-        ) from exc
-    return redis
 
 
 def _glob_escape(text: str) -> str:

@@ -1,4 +1,4 @@
-"""Lock waits of any length up to `opero.core.options.MAX_SECONDS`.
+"""Lock waits of any length up to `opero._pipeline.options.MAX_SECONDS`.
 
 `Lock.acquire(timeout=...)` refuses timeouts above `threading.TIMEOUT_MAX`, which is
 about 49.7 days on Windows (and 292 years on Linux): a longer wait is made of several.

@@ -159,7 +159,7 @@ def _dumps(value: Any, *, keep_hooks: bool = False) -> bytes:
 def _pickler_class() -> Any:
     import cloudpickle
 
-    from opero.decorators.opero import made_by_decorate
+    from opero._pipeline.build import made_by_decorate
 
     class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
         def __init__(self, file: Any, *, keep_hooks: bool) -> None:
@@ -236,7 +236,7 @@ def _without_copied_attributes(func: Any) -> Any:
     copy.__qualname__ = func.__qualname__
     copy.__module__ = func.__module__
     copy.__doc__ = func.__doc__
-    from opero.decorators.opero import ATTACHED
+    from opero._pipeline.build import ATTACHED
 
     copy.__dict__.update({k: v for k, v in func.__dict__.items() if k not in ATTACHED})
     return copy
@@ -244,7 +244,7 @@ def _without_copied_attributes(func: Any) -> Any:
 
 def _redecorate(func: Any, options: Any) -> Any:
     """A worker's copy of an opero-decorated function (see `_dumps`)."""
-    from opero.decorators.opero import decorate
+    from opero._pipeline.build import decorate
 
     return decorate(func, options)
 
@@ -285,8 +285,8 @@ def build_start(
     limiter: Any,
 ) -> WorkerStart:
     """What this map's workers start from: `job` under fork, else its payload."""
-    from opero.core.events import _hub
-    from opero.core.testing_state import state
+    from opero._observe.events import _hub
+    from opero._utils.testing_state import state
 
     testing = (state.active, state.max_attempts)
     observed = bool(_hub.hooks)

@@ -1,9 +1,11 @@
-"""`@opero`: validate the options once, build the call pipeline, wrap the function.
+"""Build the call pipeline the validated options describe, around one function.
 
 The pipeline of one call, outermost first: cache -> total timeout deadline -> (retry
 budget deposit) -> fallback -> retry -> circuit breaker -> bulkhead -> rate limit ->
 retry_if_result check -> attempt timeout -> the function. Each step exists only when its
-option asks for it. This module only composes; each step's decisions live in `opero.core`.
+option asks for it. This module only composes; each step's decisions live in its own
+package (`opero._cache`, `opero._policies`, `opero._timeouts`). Both decorators and the
+map workers (which build the pipeline again in a spawned process) call `decorate`.
 """
 
 from __future__ import annotations
@@ -12,59 +14,28 @@ import functools
 import inspect
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Unpack, cast, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
-from opero.core.cache import CacheInfo, build_cache_step
-from opero.core.direct import Direct
-from opero.core.events import NEVER_OBSERVED, Hook, Observer
-from opero.core.fallback import (
-    FallbackParameter,
-    call_with_fallback_async,
-    call_with_fallback_sync,
+from opero._cache.step import CacheInfo, build_cache_step
+from opero._observe.events import NEVER_OBSERVED, Hook, Observer
+from opero._pipeline.direct import Direct
+from opero._pipeline.fallback import FallbackParameter
+from opero._pipeline.observed import observed_attempts, observed_calls
+from opero._pipeline.options import OperoOptions
+from opero._pipeline.wrappers import (
+    async_fallback_wrapper,
+    async_wrapper,
+    sync_fallback_wrapper,
+    sync_wrapper,
 )
-from opero.core.observed import observed_attempts, observed_calls
-from opero.core.options import OperoKwargs, OperoOptions, build_options
-from opero.core.rate_limit import build_rate_limit_step
-from opero.core.retry import RetryPolicy, retry_async, retry_sync
+from opero._policies.retry import RetryPolicy, retry_sync
 
 if TYPE_CHECKING:
-    from opero.core.timeout import TotalTimeout
+    from opero._policies.rate_limit import RateLimitStep
+    from opero._timeouts.timeout import TotalTimeout
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-@overload
-def opero(func: Callable[P, R], /) -> Callable[P, R]: ...
-
-
-@overload
-def opero(
-    func: None = None, /, **options: Unpack[OperoKwargs]
-) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
-
-
-def opero(
-    func: Callable[P, R] | None = None, /, **options: Unpack[OperoKwargs]
-) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
-    """Make calls of `func` resilient: cache, parameter fallback, retries, rate limit.
-
-    Use bare (``@opero``) or with keyword-only options (``@opero(retries=5)``); see the
-    README for every option and its default. Bad options raise `TypeError`/`ValueError`
-    here, at decoration, never at call time.
-    """
-    validated = build_options("opero", dict(options))
-    cache_given = cache_asked_for(options)
-    if func is None:
-        return functools.partial(decorate_for_user, options=validated, cache_given=cache_given)
-    return decorate_for_user(func, validated, cache_given)
-
-
-def decorate_for_user(
-    func: Callable[P, R], options: OperoOptions, cache_given: bool
-) -> Callable[P, R]:
-    """`decorate`, after `options_for` has looked at the function itself."""
-    return decorate(func, options_for("opero", func, options, cache_given))
 
 
 # Options that ask for the cache as plainly as `cache=True`: they keep it on for a
@@ -85,7 +56,7 @@ def options_for(
     inner = _innermost(getattr(func, "__func__", func))
     if inspect.isgeneratorfunction(inner) or inspect.isasyncgenfunction(inner):
         raise TypeError(
-            f"{decorator}() cannot wrap the generator function {_display_name(inner)}: "
+            f"{decorator}() cannot wrap the generator function {display_name(inner)}: "
             "retries and the cache would see the generator object, not the items it "
             "yields (a failure while iterating would never be retried, and a cached "
             "generator is empty once consumed); decorate a function that returns the "
@@ -113,17 +84,17 @@ def decorate(func: Callable[P, R], options: OperoOptions) -> Callable[P, R]:
         return cast(Callable[P, R], type(func)(decorate(inner, options)))
     if not callable(func):
         raise TypeError(f"opero() decorates a function, got {func!r}")
-    name = _display_name(func)
-    is_async = _is_async(func)
+    name = display_name(func)
+    is_async = is_async_callable(func)
     # The policy modules are imported only for the options that use them.
     total = None
     if options.total_timeout:
-        from opero.core.timeout import TotalTimeout
+        from opero._timeouts.timeout import TotalTimeout
 
         total = TotalTimeout(options.total_timeout, name)
     budget = None
     if options.retry_budget:
-        from opero.core.budget import BudgetTracker, RetryBudget
+        from opero._policies.budget import BudgetTracker, RetryBudget
 
         # build_options turned every budget into a RetryBudget.
         budget = BudgetTracker(cast(RetryBudget, options.retry_budget))
@@ -141,7 +112,7 @@ def decorate(func: Callable[P, R], options: OperoOptions) -> Callable[P, R]:
     guard = extras.get("guard")
     if guard is not None and fallback is None:
         # The guard makes the first attempt in the wrapper's own frame (one frame fewer).
-        from opero.core.attempt_steps import WholeCall
+        from opero._pipeline.attempt_steps import WholeCall
 
         call = WholeCall(policy, name, observer, attempt)
         guarded = extras["guarded"]
@@ -167,7 +138,7 @@ def decorate(func: Callable[P, R], options: OperoOptions) -> Callable[P, R]:
 
 
 # What `_attach` sets on a decorated function (and `functools.wraps` copies onto a
-# user's wrapper around one; opero.concurrency.start leaves those behind).
+# user's wrapper around one; opero._maps.start leaves those behind).
 ATTACHED = (
     "__opero_direct__",
     "__opero_rate_limit__",
@@ -206,7 +177,7 @@ def _attach(
 
 
 # Every pipeline `decorate` made: `functools.wraps` copies their attributes onto a user's
-# own wrapper, so only this tells one of ours (see opero.concurrency.start).
+# own wrapper, so only this tells one of ours (see opero._maps.start).
 _WRAPPERS: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
@@ -227,13 +198,13 @@ def _attempt_steps(
 ) -> tuple[Callable[..., Any], dict[str, Any]]:
     """One attempt, innermost step first: attempt timeout, rate limit, then the guard
     (circuit breaker, bulkhead, retry_if_result check in one frame, see
-    `opero.core.attempt_steps`). Returns it with the steps tests may look at."""
-    is_async = _is_async(func)
+    `opero._pipeline.attempt_steps`). Returns it with the steps tests may look at."""
+    is_async = is_async_callable(func)
     attempt: Callable[..., Any] = func
     extras: dict[str, Any] = {}
     steps: list[Any] = []
     if options.timeout is not None or total is not None:
-        from opero.core.timeout import AttemptTimeout
+        from opero._timeouts.timeout import AttemptTimeout
 
         steps.append(AttemptTimeout(options.timeout, total, name))
     if options.rate_limit is not None:
@@ -244,24 +215,24 @@ def _attempt_steps(
         steps.append(extras["rate_limit"])
     breakers = bulkhead = check = None
     if options.circuit_breaker:  # a CircuitBreakerOptions once validated
-        from opero.core.breaker import BreakerSet, CircuitBreakerOptions
+        from opero._policies.breaker import BreakerSet, CircuitBreakerOptions
 
         breakers = extras["breakers"] = BreakerSet(
             cast(CircuitBreakerOptions, options.circuit_breaker), name
         )
         breakers.listener = observer.breaker_changed
     if options.max_concurrency is not None:
-        from opero.core.bulkhead import Bulkhead
+        from opero._policies.bulkhead import Bulkhead
 
         bulkhead = Bulkhead(options.max_concurrency, options.max_concurrency_wait, name)
     if options.retry_if_result is not None:
-        from opero.core.attempt_steps import ResultCheck
+        from opero._pipeline.attempt_steps import ResultCheck
 
         check = ResultCheck(options.retry_if_result, name)
     for step in steps:
         attempt = step.wrap_async(attempt) if is_async else step.wrap_sync(attempt)
     if breakers is not None or bulkhead is not None or check is not None:
-        from opero.core.attempt_steps import Guard
+        from opero._pipeline.attempt_steps import Guard
 
         # Outermost, and kept with the attempt it guards: without a fallback step,
         # `decorate` makes it the call's wrapper (`WholeCall`).
@@ -287,11 +258,11 @@ def _retrying(
     if is_async:
         async_attempt = cast(Callable[..., Awaitable[Any]], attempt)
         if fallback is None:
-            return _async_wrapper(async_attempt, policy, name, divert)
-        return _async_fallback_wrapper(async_attempt, policy, fallback, divert)
+            return async_wrapper(async_attempt, policy, name, divert)
+        return async_fallback_wrapper(async_attempt, policy, fallback, divert)
     if fallback is None:
-        return _sync_wrapper(attempt, policy, name, divert)
-    return _sync_fallback_wrapper(attempt, policy, fallback, divert)
+        return sync_wrapper(attempt, policy, name, divert)
+    return sync_fallback_wrapper(attempt, policy, fallback, divert)
 
 
 def _innermost(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -300,14 +271,14 @@ def _innermost(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _display_name(func: Callable[..., Any]) -> str:
+def display_name(func: Callable[..., Any]) -> str:
     # For logs and error messages. Never repr(): a partial's or a dataclass's repr shows
     # the arguments it holds, and those are often API keys.
     inner = _innermost(func)
     return getattr(inner, "__qualname__", None) or type(inner).__qualname__
 
 
-def _is_async(func: Callable[..., Any]) -> bool:
+def is_async_callable(func: Callable[..., Any]) -> bool:
     if inspect.iscoroutinefunction(func):
         return True
     # A callable object whose __call__ is `async def`, possibly inside partials.
@@ -325,78 +296,24 @@ def _no_cache_info() -> CacheInfo:
     return CacheInfo(0, 0, 0)
 
 
-# The wrappers below are the hot path: the first attempt is a plain call, and the
-# retry machinery is entered only after it raised. Each first reads `divert.on`: while
-# anyone listens to this function's events, the call goes to the observed pipeline.
-
-
-def _sync_wrapper(
-    func: Callable[..., Any], policy: RetryPolicy, name: str, divert: Observer
-) -> Callable[..., Any]:
-    # With a retry budget, each call adds to it before its first attempt.
-    record = policy.budget.record_call if policy.budget is not None else None
-
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if divert.on:
-            return divert.pipeline(*args, **kwargs)
-        if record is not None:
-            record()
-        try:
-            return func(*args, **kwargs)
-        except Exception as exc:
-            failure = exc
-        return retry_sync(policy, name, func, args, kwargs, failure)
-
-    return wrapper
-
-
-def _async_wrapper(
-    func: Callable[..., Awaitable[Any]], policy: RetryPolicy, name: str, divert: Observer
-) -> Callable[..., Any]:
-    record = policy.budget.record_call if policy.budget is not None else None
-
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if divert.on:
-            return await divert.pipeline(*args, **kwargs)
-        if record is not None:
-            record()
-        try:
-            return await func(*args, **kwargs)
-        except Exception as exc:
-            failure = exc
-        return await retry_async(policy, name, func, args, kwargs, failure)
-
-    return wrapper
-
-
-def _sync_fallback_wrapper(
-    func: Callable[..., Any], policy: RetryPolicy, fallback: FallbackParameter, divert: Observer
-) -> Callable[..., Any]:
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if divert.on:
-            return divert.pipeline(*args, **kwargs)
-        return call_with_fallback_sync(fallback, policy, func, args, kwargs)
-
-    return wrapper
-
-
-def _async_fallback_wrapper(
-    func: Callable[..., Awaitable[Any]],
-    policy: RetryPolicy,
-    fallback: FallbackParameter,
-    divert: Observer,
-) -> Callable[..., Any]:
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if divert.on:
-            return await divert.pipeline(*args, **kwargs)
-        return await call_with_fallback_async(fallback, policy, func, args, kwargs)
-
-    return wrapper
-
-
 def _hooks(on_event: object) -> tuple[Hook, ...]:
     if on_event is None:
         return ()
     if callable(on_event):
         return (cast(Hook, on_event),)
     return tuple(cast(Any, on_event))
+
+
+def build_rate_limit_step(func: Any, options: OperoOptions) -> RateLimitStep:
+    """The step `options.rate_limit` asks for (at decoration)."""
+    from opero._policies.rate_limit import LocalRateLimiter, RateLimitStep, RedisRateLimiter
+
+    rate = float(cast(float, options.rate_limit))
+    if options.rate_limit_backend == "redis":
+        key = options.rate_limit_key
+        if key is None:  # the same name in every process: the function's identity
+            from opero._cache.keys import function_identity
+
+            key = f"opero:{options.cache_namespace}:ratelimit:{function_identity(func)}"
+        return RateLimitStep(RedisRateLimiter(rate, key))
+    return RateLimitStep(LocalRateLimiter(rate))

@@ -4,8 +4,9 @@ Every step reports through one `Observer` per decorated function. Nothing is bui
 sent unless someone listens: a function is *observed* when it has its own hooks
 (``on_event=``), keeps stats (``stats=True``), or a global hook is installed
 (`add_hook`). Unobserved, the success path only reads one attribute (`Observer.on`);
-observed, the call runs through `opero.decorators` observed wrappers that emit an event
-per step. A hook that raises never breaks the call: the error is logged once per hook.
+observed, the call diverts to the observed copy of its pipeline
+(`opero._pipeline.observed`), which emits an event per step. A hook that raises never
+breaks the call: the error is logged once per hook.
 
 Events never carry argument values or results (fallback values are often API keys),
 only the function's name, a per-call correlation id, attempt and fallback numbers,
@@ -23,7 +24,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from opero.utils.logging import log
+from opero._utils.logging import log
 
 # The kinds of events, in the order a call meets them.
 CALL_STARTED = "call_started"

@@ -13,8 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from opero._observe import attempts
+
 if TYPE_CHECKING:
-    from opero.core.events import Observer
+    from opero._observe.events import Observer
 
 
 class Direct(NamedTuple):
@@ -81,3 +83,6 @@ def run_direct(
         except Exception as exc:
             return exc
     return None
+
+
+attempts.mark(attempts.FIRST, run_direct)  # @opmap items, called directly

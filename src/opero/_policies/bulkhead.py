@@ -17,8 +17,8 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING
 
+from opero._utils.waits import acquire_within
 from opero.exceptions import BulkheadFullError
-from opero.utils.waits import acquire_within
 
 if TYPE_CHECKING:
     import asyncio

@@ -12,17 +12,17 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
-from opero.core.cache_keys import (
+from opero._cache.keys import (
     KeyBuilder,
     UnkeyableArgumentsError,
     function_identity,
     memory_key,
     portable_key,
 )
-from opero.core.events import CACHE_HIT, NEVER_OBSERVED, CallInfo, Observer
+from opero._observe.events import CACHE_HIT, NEVER_OBSERVED, CallInfo, Observer
 
 if TYPE_CHECKING:
-    from opero.core.options import OperoOptions
+    from opero._pipeline.options import OperoOptions
 
 BUILTIN_CACHE_BACKENDS = frozenset({"memory", "disk", "redis", "twat"})
 
@@ -370,7 +370,7 @@ class CacheStep:
 
 
 def _log_cache_problem(name: str, action: str, exc: Exception) -> None:
-    from opero.utils.logging import log
+    from opero._utils.logging import log
 
     log().warning(
         "{}(): cache {} failed with {}; calling without the cache",
@@ -405,15 +405,15 @@ def _cache_step(func: Callable[..., Any], options: OperoOptions) -> CacheStep:
         )
     identity = function_identity(func)
     if backend == "disk":
-        from opero.core.cache_backends import DiskBackend
+        from opero._cache.backends import DiskBackend
 
         backend = DiskBackend(options.cache_namespace, identity)
     elif backend == "redis":
-        from opero.core.cache_backends import RedisBackend
+        from opero._cache.backends import RedisBackend
 
         backend = RedisBackend(options.cache_namespace, identity)
     elif backend == "twat":
-        from opero.core.cache_twat import TwatBackend
+        from opero._cache.twat import TwatBackend
 
         backend = TwatBackend(options.cache_namespace)
 

@@ -1,0 +1,151 @@
+"""The validated, frozen option set of `@opero`. Defaults live here and nowhere else.
+
+Everything is checked once, when the decorator is applied; the call path never looks at
+an option by name again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
+
+from opero._cache.step import CacheBackend
+from opero._pipeline.option_checks import CHECKS, MAX_SECONDS, check_cache_namespace
+
+if TYPE_CHECKING:  # imported when an option uses them: dataclasses is slow to import
+    from opero._policies.breaker import CircuitBreakerOptions
+    from opero._policies.budget import RetryBudget
+
+RetryOn = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+
+
+class OperoKwargs(TypedDict, total=False):
+    """The keyword-only options of `@opero` (and, applied per item, of `@opmap`)."""
+
+    cache: bool
+    cache_ttl: float | None
+    cache_backend: str | CacheBackend
+    cache_key: Callable[..., object] | None
+    cache_namespace: str
+    cache_maxsize: int
+    retries: int
+    backoff_factor: float
+    min_delay: float
+    max_delay: float
+    retry_on: RetryOn
+    jitter: bool
+    arg_fallback: str | None
+    rate_limit: float | None
+    rate_limit_backend: str
+    rate_limit_key: str | None
+    timeout: float | None
+    total_timeout: float | None
+    circuit_breaker: bool | CircuitBreakerOptions | None
+    max_concurrency: int | None
+    max_concurrency_wait: float | None
+    retry_if_result: Callable[[Any], object] | None
+    retry_budget: float | RetryBudget | None
+    on_event: Callable[[Any], object] | Sequence[Callable[[Any], object]] | None
+    stats: bool
+
+
+class OperoOptions(NamedTuple):
+    """One decorated function's options, validated. Immutable and picklable."""
+
+    cache: bool = True
+    cache_ttl: float | None = None
+    cache_backend: str | CacheBackend = "memory"
+    cache_key: Callable[..., object] | None = None
+    cache_namespace: str = "opero"
+    cache_maxsize: int = 1024
+    retries: int = 3
+    backoff_factor: float = 1.5
+    min_delay: float = 0.1
+    max_delay: float = 30.0
+    retry_on: RetryOn = Exception
+    jitter: bool = True
+    arg_fallback: str | None = None
+    rate_limit: float | None = None
+    rate_limit_backend: str = "local"
+    rate_limit_key: str | None = None
+    timeout: float | None = None
+    total_timeout: float | None = None
+    # After build_options: a CircuitBreakerOptions, or None for no breaker.
+    circuit_breaker: bool | CircuitBreakerOptions | None = None
+    max_concurrency: int | None = None
+    max_concurrency_wait: float | None = None
+    retry_if_result: Callable[[Any], object] | None = None
+    # After build_options: a RetryBudget, or None for no budget.
+    retry_budget: float | RetryBudget | None = None
+    on_event: Callable[[Any], object] | Sequence[Callable[[Any], object]] | None = None
+    stats: bool = False
+
+
+def build_options(decorator: str, given: dict[str, Any]) -> OperoOptions:
+    """Check every option in `given` and return the frozen set, defaults filled in.
+
+    Raises `TypeError` for an unknown option or a value of the wrong type and `ValueError`
+    for a value out of range; the message names the decorator, the option and the value.
+    """
+    unknown = [name for name in given if name not in OperoOptions._fields]
+    if unknown:
+        raise TypeError(_unknown_option_message(decorator, unknown[0]))
+    options = OperoOptions(**given)
+    for name, check in CHECKS.items():
+        check(f"{decorator}(): {name}", getattr(options, name))
+    if options.cache_backend == "twat" and options.cache_ttl is not None:
+        raise ValueError(
+            f"{decorator}(): cache_ttl ({options.cache_ttl!r}) is not supported by "
+            "cache_backend='twat' (twat-cache's fcache keeps entries until cleared)"
+        )
+    if options.rate_limit_key is not None and options.rate_limit_backend != "redis":
+        raise ValueError(
+            f"{decorator}(): rate_limit_key ({options.rate_limit_key!r}) is only used with "
+            "rate_limit_backend='redis'"
+        )
+    if options.rate_limit_backend == "redis" and options.rate_limit is None:
+        raise ValueError(
+            f"{decorator}(): rate_limit_backend='redis' needs a rate_limit (attempts per second)"
+        )
+    if options.max_concurrency_wait is not None and options.max_concurrency is None:
+        raise ValueError(
+            f"{decorator}(): max_concurrency_wait ({options.max_concurrency_wait!r}) needs "
+            "max_concurrency (the most calls in flight at once)"
+        )
+    if options.max_delay < options.min_delay:
+        raise ValueError(
+            f"{decorator}(): max_delay ({options.max_delay!r}) must not be less than "
+            f"min_delay ({options.min_delay!r}); max_delay defaults to 30.0, raise it too"
+        )
+    return _normalized(decorator, options)
+
+
+def _normalized(decorator: str, options: OperoOptions) -> OperoOptions:
+    """`circuit_breaker` and `retry_budget` in their one runtime form (or None)."""
+    breaker = options.circuit_breaker
+    if breaker is True:
+        from opero._policies.breaker import CircuitBreakerOptions
+
+        breaker = CircuitBreakerOptions()
+    elif breaker is False:
+        breaker = None
+    budget = options.retry_budget
+    if isinstance(budget, int | float):
+        from opero._policies.budget import RetryBudget
+
+        try:
+            budget = RetryBudget(ratio=float(budget))
+        except ValueError as exc:
+            raise ValueError(f"{decorator}(): retry_budget: {exc}") from None
+    return options._replace(circuit_breaker=breaker, retry_budget=budget)
+
+
+def _unknown_option_message(decorator: str, name: str) -> str:
+    import difflib
+
+    message = f"{decorator}() got an unknown option {name!r}"
+    close = difflib.get_close_matches(name, OperoOptions._fields, n=1)
+    return f"{message}; did you mean {close[0]!r}?" if close else message
+
+
+__all__ = ["MAX_SECONDS", "OperoKwargs", "OperoOptions", "build_options", "check_cache_namespace"]
