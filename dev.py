@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import shutil
 import subprocess
 import sys
 import venv
@@ -52,7 +54,25 @@ def run(*argv: str) -> int:
     return subprocess.run([str(PYTHON), *argv], cwd=ROOT, check=False).returncode
 
 
+DOC_BLOCKS = ROOT / "build" / "doc-blocks"
+
+
+def doc_blocks() -> Path:
+    """Every ```python block of the README and the docs, one module each, for the type
+    checkers: what users copy must type-check too, not only src/."""
+    shutil.rmtree(DOC_BLOCKS, ignore_errors=True)
+    DOC_BLOCKS.mkdir(parents=True)
+    sources = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    for source in sources:
+        stem = re.sub(r"\W", "_", str(source.relative_to(ROOT).with_suffix("")))
+        blocks = re.findall(r"```python\n(.*?)```", source.read_text(), flags=re.DOTALL)
+        for index, block in enumerate(blocks):
+            (DOC_BLOCKS / f"{stem}_{index}.py").write_text(block)
+    return DOC_BLOCKS
+
+
 def lint() -> int:
+    blocks = str(doc_blocks().relative_to(ROOT))
     steps = [
         ("-m", "ruff", "check", "src", "tests", "benchmarks", "dev.py"),
         ("-m", "ruff", "format", "--check", "src", "tests", "benchmarks", "dev.py"),
@@ -60,6 +80,11 @@ def lint() -> int:
         # The GitHub matrix runs on macOS and Windows; CI here is Linux: check them too.
         ("-m", "mypy", "--strict", "--platform", "win32"),
         ("-m", "mypy", "--strict", "--platform", "darwin"),
+        # The API as users see it: tests/typing and every example in the docs.
+        ("-m", "mypy", "--strict", blocks),
+        ("-m", "pyright", "tests/typing", blocks),
+        # Arrows point down (pyproject's [tool.importlinter]).
+        ("-c", "from importlinter.cli import lint_imports_command as c; c()"),
     ]
     worst = 0
     for step in steps:

@@ -138,3 +138,19 @@ def start_method(request: pytest.FixtureRequest) -> str:
     """Each process start method this platform offers: fork, forkserver, spawn."""
     method: str = request.param
     return method
+
+
+@pytest.fixture(params=["fast", "observed"])
+def both_pipelines(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every policy test runs twice: on the fast pipeline, and on its observed twin (a
+    second copy of the steps, taken while any hook listens) with a no-op global hook."""
+    if request.param == "fast":
+        yield "fast"
+        return
+    from opero import add_hook
+
+    remove = add_hook(lambda event: None)
+    try:
+        yield "observed"
+    finally:
+        remove()

@@ -15,6 +15,9 @@ from hypothesis import strategies as st
 
 from opero._policies.budget import BudgetTracker, RetryBudget
 
+# Each test on the fast pipeline and on its observed twin (see conftest.both_pipelines).
+pytestmark = pytest.mark.usefixtures("both_pipelines")
+
 
 class FakeClock:
     """A clock the test moves by hand; never sleeps."""

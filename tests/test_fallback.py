@@ -12,6 +12,9 @@ from hypothesis import strategies as st
 from opero import AllFailedError, OperoError, RetryPredicateError, opero
 from opero._pipeline.fallback import FallbackParameter
 
+# Each test on the fast pipeline and on its observed twin (see conftest.both_pipelines).
+pytestmark = pytest.mark.usefixtures("both_pipelines")
+
 
 class Recorder:
     """Fails for the models in `down`; records every model it was called with."""

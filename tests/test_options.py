@@ -213,3 +213,26 @@ def test_nothing_is_validated_or_inspected_at_call_time(
     assert ask("hi") == "hi"
     assert flaky(7) == 7
     assert calls == ["a", "a", "b", 7, 7]
+
+
+def test_the_typed_options_the_frozen_options_and_the_checks_agree() -> None:
+    # Three declarations of one option set: what type checkers see (OperoKwargs), what
+    # build_options fills in (OperoOptions) and what validates each (CHECKS).
+    from typing import get_type_hints
+
+    from opero import CircuitBreakerOptions, RetryBudget
+    from opero._maps.settings import MapSettings
+    from opero._pipeline.options import OperoKwargs, OperoOptions
+
+    # The names the options module imports only for type checkers.
+    names = {"CircuitBreakerOptions": CircuitBreakerOptions, "RetryBudget": RetryBudget}
+    typed = get_type_hints(OperoKwargs, localns=names)
+    frozen = get_type_hints(OperoOptions, localns=names)
+    assert list(typed) == list(OperoOptions._fields) == list(option_checks.CHECKS)
+    assert typed == frozen
+    # @opmap's own options: every setting but mode is typed for users, with its type.
+    from opero._decorators.opmap import OpmapKwargs
+
+    hints = get_type_hints(OpmapKwargs, localns=names)
+    own = {name: hint for name, hint in hints.items() if name not in typed}
+    assert set(own) == set(MapSettings._fields) - {"mode"}

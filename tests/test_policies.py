@@ -31,6 +31,9 @@ from opero import (
 )
 from opero._timeouts.timeout import abandoned_attempts
 
+# Each test on the fast pipeline and on its observed twin (see conftest.both_pipelines).
+pytestmark = pytest.mark.usefixtures("both_pipelines")
+
 
 class FakeClock:
     def __init__(self) -> None:

@@ -18,6 +18,9 @@ from opero import OperoError, RetryPredicateError, opero
 from opero._pipeline.options import build_options
 from opero._policies.retry import RetryPolicy
 
+# Each test on the fast pipeline and on its observed twin (see conftest.both_pipelines).
+pytestmark = pytest.mark.usefixtures("both_pipelines")
+
 
 def test_success_needs_one_call(sleeps: list[float]) -> None:
     flaky = Flaky()

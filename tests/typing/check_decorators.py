@@ -26,8 +26,8 @@ async def fetch(url: str) -> bytes:
 def check() -> None:
     assert_type(bare(1, label="n"), str)
     assert_type(called("hi", model=["a", "b"]), str)
-    pending = fetch("u")
-    assert_type(pending, Coroutine[Any, Any, bytes]).close()
+    pending: Coroutine[Any, Any, bytes] = fetch("u")
+    pending.close()
     as_callable: Callable[[str], Coroutine[Any, Any, bytes]] = fetch
     del as_callable
     try:

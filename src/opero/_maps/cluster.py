@@ -125,16 +125,16 @@ class DaskEngine(_ClusterEngine):
         self._cluster: Any = None
         self._own_client = client is None or isinstance(client, str)
         if client is None:
-            self._cluster = distributed.LocalCluster(  # type: ignore[no-untyped-call]
+            self._cluster = distributed.LocalCluster(
                 n_workers=workers,
                 threads_per_worker=1,
                 processes=True,
                 dashboard_address=":0",
                 silence_logs=logging.ERROR,
             )
-            client = distributed.Client(self._cluster)  # type: ignore[no-untyped-call]
+            client = distributed.Client(self._cluster)
         elif isinstance(client, str):
-            client = distributed.Client(client)  # type: ignore[no-untyped-call]
+            client = distributed.Client(client)
         self.client = client
 
     def submit(self, number: int, items: list[Any]) -> None:
