@@ -1,8 +1,11 @@
 """opero: resilient function calls.
 
-`@opero` makes one sync or async call resilient (cache, parameter-based fallback,
-retries with backoff and jitter, rate limit); `@opmap` maps such a function over many
-items. Logging goes through loguru and is silent until ``logger.enable("opero")``.
+`@opero` makes one sync or async call resilient: cache, parameter-based fallback
+(`arg_fallback`), retries with backoff and jitter, attempt and total timeouts, a circuit
+breaker, a bulkhead, a retry budget and a rate limit. `@opmap` maps such a function over
+many items (process, thread or async mode, or Dask and Ray), keeping every result when
+some items fail. Events reach hooks, stats, OpenTelemetry and Prometheus; logging goes
+through loguru and is silent until ``logger.enable("opero")``.
 """
 
 from __future__ import annotations

@@ -112,11 +112,14 @@ def opero(func: None = None, /, **options: Unpack[OperoKwargs]) -> OperoDecorato
 
 
 def opero(func: Any = None, /, **options: Unpack[OperoKwargs]) -> Any:
-    """Make calls of `func` resilient: cache, parameter fallback, retries, rate limit.
+    """Make calls of `func` resilient: cache, parameter fallback (`arg_fallback`),
+    retries with backoff, attempt and total timeouts, circuit breaker, bulkhead, retry
+    budget, `retry_if_result` and rate limit, each only when its option asks for it.
 
     Use bare (``@opero``) or with keyword-only options (``@opero(retries=5)``); see the
     README for every option and its default. Bad options raise `TypeError`/`ValueError`
-    here, at decoration, never at call time.
+    here, at decoration, never at call time. The result keeps `func`'s signature and
+    adds ``cache_clear()``, ``cache_info()``, ``stats()`` and ``reset_stats()``.
     """
     validated = build_options("opero", dict(options))
     cache_given = cache_asked_for(options)

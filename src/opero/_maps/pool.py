@@ -1,9 +1,11 @@
 """Dispatch of `@opmap` items: chunked pools for process and thread mode, tasks for async.
 
-Process and thread mode run on twat-mp's pool contexts (pathos pools over `multiprocess`),
-each map with a pool of its own (a unique pathos id, so concurrent maps never share or
-leak one). The engine never sees an exception: workers answer every chunk with an
-`Outcome`. What the engine cannot contain on its own is contained here:
+Process and thread mode run on twat-mp's pool contexts (pathos pools over `multiprocess`;
+process mode on the stdlib's `multiprocessing.Pool` when `PROCESS_POOL` is "stdlib"),
+under the map's start method, each map with a pool of its own (a unique pathos id, so
+concurrent maps never share or leak one). The engine never sees an exception: workers
+answer every chunk with an `Outcome`. What the engine cannot contain on its own is
+contained here:
 
 - a worker that dies (``os._exit``, a signal, the OOM killer) loses its task and the pool
   would wait for it forever; `ProcessEngine.supervise` finds the dead worker's chunk from
@@ -342,8 +344,9 @@ class _Chunk(NamedTuple):
 
 
 class Dispatcher:
-    """Feeds chunks to an engine, at most `depth` (2) per worker queued, and yields
-    `Batch`es in completion order; sends again what a dead worker took down with it."""
+    """Feeds chunks to an engine, at most `depth` per worker queued (the map says how
+    many: 4 in process mode over an input of known length, else 2), and yields `Batch`es
+    in completion order; sends again what a dead worker took down with it."""
 
     def __init__(
         self,

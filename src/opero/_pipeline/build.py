@@ -31,6 +31,7 @@ from opero._pipeline.wrappers import (
 from opero._policies.retry import RetryPolicy, retry_sync
 
 if TYPE_CHECKING:
+    from opero._policies.budget import BudgetTracker
     from opero._policies.rate_limit import RateLimitStep
     from opero._timeouts.timeout import TotalTimeout
 
@@ -86,18 +87,7 @@ def decorate(func: Callable[P, R], options: OperoOptions) -> Callable[P, R]:
         raise TypeError(f"opero() decorates a function, got {func!r}")
     name = display_name(func)
     is_async = is_async_callable(func)
-    # The policy modules are imported only for the options that use them.
-    total = None
-    if options.total_timeout:
-        from opero._timeouts.timeout import TotalTimeout
-
-        total = TotalTimeout(options.total_timeout, name)
-    budget = None
-    if options.retry_budget:
-        from opero._policies.budget import BudgetTracker, RetryBudget
-
-        # build_options turned every budget into a RetryBudget.
-        budget = BudgetTracker(cast(RetryBudget, options.retry_budget))
+    total, budget = _call_policies(options, name)
     fallback = FallbackParameter(func, options.arg_fallback, name) if options.arg_fallback else None
     observer = Observer(name, _hooks(options.on_event), stats=options.stats)
     attempt, extras = _attempt_steps(func, options, name, fallback, total, observer)
@@ -108,17 +98,7 @@ def decorate(func: Callable[P, R], options: OperoOptions) -> Callable[P, R]:
     observed = _retrying(observed_attempt, observed_policy, fallback, name, is_async=is_async)
     observer.pipeline = observed_calls(observed, observer, is_async=is_async)
     policy = RetryPolicy(options, total, budget)
-    wrapper: Callable[..., Any]
-    guard = extras.get("guard")
-    if guard is not None and fallback is None:
-        # The guard makes the first attempt in the wrapper's own frame (one frame fewer).
-        from opero._pipeline.attempt_steps import WholeCall
-
-        call = WholeCall(policy, name, observer, attempt)
-        guarded = extras["guarded"]
-        wrapper = guard.wrap_async(guarded, call) if is_async else guard.wrap_sync(guarded, call)
-    else:
-        wrapper = _retrying(attempt, policy, fallback, name, is_async=is_async, divert=observer)
+    wrapper = _first_attempt(attempt, extras, policy, fallback, observer, is_async=is_async)
     if total is not None:
         # The deadline is set as the call enters, before the first fallback value.
         wrapper = total.wrap_async(wrapper) if is_async else total.wrap_sync(wrapper)
@@ -135,6 +115,47 @@ def decorate(func: Callable[P, R], options: OperoOptions) -> Callable[P, R]:
     extras["total"] = total
     _attach(wrapper, options, observer, step, extras, direct if bare else None)
     return cast(Callable[P, R], wrapper)
+
+
+def _call_policies(
+    options: OperoOptions, name: str
+) -> tuple[TotalTimeout | None, BudgetTracker | None]:
+    """The per-call policies: the deadline and the retry budget, if asked for. Their
+    modules are imported only for the options that use them."""
+    total = budget = None
+    if options.total_timeout:
+        from opero._timeouts.timeout import TotalTimeout
+
+        total = TotalTimeout(options.total_timeout, name)
+    if options.retry_budget:
+        from opero._policies.budget import BudgetTracker, RetryBudget
+
+        # build_options turned every budget into a RetryBudget.
+        budget = BudgetTracker(cast(RetryBudget, options.retry_budget))
+    return total, budget
+
+
+def _first_attempt(
+    attempt: Callable[..., Any],
+    extras: dict[str, Any],
+    policy: RetryPolicy,
+    fallback: FallbackParameter | None,
+    observer: Observer,
+    *,
+    is_async: bool,
+) -> Callable[..., Any]:
+    """The wrapper a call enters (under the deadline and the cache): the guard itself
+    when there is one and no fallback step (one frame fewer), else the retry step."""
+    guard = extras.get("guard")
+    if guard is not None and fallback is None:
+        from opero._pipeline.attempt_steps import WholeCall
+
+        call = WholeCall(policy, observer.function, observer, attempt)
+        guarded = extras["guarded"]
+        wrap = guard.wrap_async if is_async else guard.wrap_sync
+        return cast(Callable[..., Any], wrap(guarded, call))
+    name = observer.function
+    return _retrying(attempt, policy, fallback, name, is_async=is_async, divert=observer)
 
 
 # What `_attach` sets on a decorated function (and `functools.wraps` copies onto a

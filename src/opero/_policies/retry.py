@@ -134,19 +134,40 @@ class _Stop:
 
 
 def _retrying_options(policy: RetryPolicy, name: str, stopped: _Stop) -> dict[str, Any]:
+    """tenacity's options for one failed call: our policy's decisions, as its hooks."""
+    hooks = _TenacityHooks(policy, name, stopped)
+    return {
+        "stop": hooks.stop,
+        "wait": hooks.wait,
+        "retry": hooks.should_retry,
+        "reraise": True,
+        "before_sleep": hooks.before_sleep,
+    }
 
-    from opero._policies.retry_after import server_delay  # on the failure path only
 
-    def wait(state: tenacity.RetryCallState) -> float:
+class _TenacityHooks:
+    """What tenacity asks while it retries one call, answered from the policy."""
+
+    __slots__ = ("name", "policy", "stopped")
+
+    def __init__(self, policy: RetryPolicy, name: str, stopped: _Stop) -> None:
+        self.policy = policy
+        self.name = name
+        self.stopped = stopped
+
+    def wait(self, state: tenacity.RetryCallState) -> float:
+        from opero._policies.retry_after import server_delay  # on the failure path only
+
         outcome = state.outcome
         exc = outcome.exception() if outcome is not None else None
         asked = server_delay(exc) if exc is not None else None
         if asked is not None:  # the server said how long (Retry-After): obey, up to max_delay
-            return min(policy.max_delay, asked)
-        return policy.delay(state.attempt_number)
+            return min(self.policy.max_delay, asked)
+        return self.policy.delay(state.attempt_number)
 
-    def stop(state: tenacity.RetryCallState) -> bool:
+    def stop(self, state: tenacity.RetryCallState) -> bool:
         # tenacity computes the wait first, so the deadline check sees the coming sleep.
+        policy = self.policy
         if state.attempt_number > policy.retries:
             return True
         cap = testing_state.state.max_attempts
@@ -155,32 +176,31 @@ def _retrying_options(policy: RetryPolicy, name: str, stopped: _Stop) -> dict[st
         if policy.total is not None:
             remaining = policy.total.remaining()
             if remaining is not None and state.upcoming_sleep >= remaining:
-                stopped.deadline = True
+                self.stopped.deadline = True
                 return True
         if policy.budget is not None and not policy.budget.try_retry():
-            stopped.budget = True
+            self.stopped.budget = True
             return True
         return False
 
-    def before_sleep(state: tenacity.RetryCallState) -> None:
+    def before_sleep(self, state: tenacity.RetryCallState) -> None:
         outcome = state.outcome
         exc = outcome.exception() if outcome is not None else None
         delay = state.next_action.sleep if state.next_action is not None else 0.0
         log().info(
             "{}: attempt {} failed with {}; retrying in {:.3f}s [call {}]",
-            name,
+            self.name,
             state.attempt_number,
             type(exc).__name__,
             delay,
             call_id(),
         )
-        if policy.observer is not None:
+        observer = self.policy.observer
+        if observer is not None:
             info = current_call.get()
-            policy.observer.emit(
-                events.RETRY_SCHEDULED, info, delay=delay, error=type(exc).__name__
-            )
+            observer.emit(events.RETRY_SCHEDULED, info, delay=delay, error=type(exc).__name__)
 
-    def should_retry(state: tenacity.RetryCallState) -> bool:
+    def should_retry(self, state: tenacity.RetryCallState) -> bool:
         outcome = state.outcome
         if outcome is None or not outcome.failed:
             return False
@@ -189,15 +209,7 @@ def _retrying_options(policy: RetryPolicy, name: str, stopped: _Stop) -> dict[st
         if state.attempt_number == 1:
             return True
         exc = outcome.exception()
-        return exc is not None and policy.allows_retry(exc)
-
-    return {
-        "stop": stop,
-        "wait": wait,
-        "retry": should_retry,
-        "reraise": True,
-        "before_sleep": before_sleep,
-    }
+        return exc is not None and self.policy.allows_retry(exc)
 
 
 def _gave_up(
