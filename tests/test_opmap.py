@@ -754,7 +754,7 @@ def test_direct_items_are_observed_from_the_moment_anyone_listens() -> None:
 
 
 def test_chunks_of_a_known_length_start_as_pool_map_and_grow_for_fast_items() -> None:
-    from opero._maps.pool import MAX_CHUNK, MAX_FIRST_CHUNK, MAX_GROWN_CHUNK, ChunkSizer
+    from opero._maps.dispatch import MAX_CHUNK, MAX_FIRST_CHUNK, MAX_GROWN_CHUNK, ChunkSizer
 
     sizer = ChunkSizer(workers=2, total=10_000, fixed=None, target=0.02)
     assert sizer.size == 1250  # a quarter of each worker's share, as Pool.map
@@ -790,7 +790,7 @@ class _SilentEngine:
     ("depth", "sized", "expected"), [(4, True, 8), (2, True, 4), (2, False, 4)]
 )
 def test_chunks_in_flight(depth: int, sized: bool, expected: int) -> None:
-    from opero._maps.pool import ChunkSizer, Dispatcher
+    from opero._maps.dispatch import ChunkSizer, Dispatcher
 
     items = range(100_000)
     engine = _SilentEngine()
@@ -805,16 +805,16 @@ def test_chunks_in_flight(depth: int, sized: bool, expected: int) -> None:
 def test_process_mode_has_4_chunks_per_worker_in_flight_for_a_known_length(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from opero._maps import pool
+    from opero._maps import dispatch
 
     depths = []
-    original = pool.Dispatcher.__init__
+    original = dispatch.Dispatcher.__init__
 
     def spy(self: Any, *args: Any, **kwargs: Any) -> None:
         original(self, *args, **kwargs)
         depths.append(self.limit)
 
-    monkeypatch.setattr(pool.Dispatcher, "__init__", spy)
+    monkeypatch.setattr(dispatch.Dispatcher, "__init__", spy)
     mapped = opmap(mode="process", workers=2, **FAST)(square)
     assert mapped(range(10)) == [x * x for x in range(10)]
     assert list(mapped.imap(iter(range(10)))) == [x * x for x in range(10)]
@@ -850,7 +850,7 @@ def test_workers_leave_the_timeout_module_alone_when_no_item_has_a_timeout() -> 
         from opero import opmap
 
         def loaded(x):
-            return "opero._timeouts.timeout" in sys.modules
+            return "opero._timeouts.attempt" in sys.modules
 
         if __name__ == "__main__":
             mapped = opmap(mode="process", workers=2, progress=False)
@@ -885,7 +885,7 @@ def test_a_timeout_first_used_inside_a_worker_still_stops_the_work() -> None:
 
         if __name__ == "__main__":
             mapped = opmap(mode="process", workers=1, cache=False, progress=False)(item)
-            print("opero._timeouts.timeout" in sys.modules, mapped([1])[0])
+            print("opero._timeouts.attempt" in sys.modules, mapped([1])[0])
         """
     )
     done = subprocess.run(
@@ -979,7 +979,7 @@ def test_a_cluster_task_failed_as_a_whole_sends_its_items_once_more_alone() -> N
     # Dask fails every task that was on workers that kept dying, the innocent ones too.
     import queue
 
-    from opero._maps.pool import Batch, ChunkSizer, Dispatcher
+    from opero._maps.dispatch import Batch, ChunkSizer, Dispatcher
     from opero._maps.worker import Outcome
 
     class FakeCluster:

@@ -29,7 +29,7 @@ from opero import (
     RetryPredicateError,
     opero,
 )
-from opero._timeouts.timeout import abandoned_attempts
+from opero._timeouts.threads import abandoned_attempts
 
 # Each test on the fast pipeline and on its observed twin (see conftest.both_pipelines).
 pytestmark = pytest.mark.usefixtures("both_pipelines")
@@ -195,7 +195,7 @@ def test_a_sync_total_timeout_alone_starts_no_attempt_after_the_deadline() -> No
         time.sleep(0.2)
         return "done"
 
-    from opero._timeouts import timeout as timeout_module
+    from opero._timeouts import attempt as timeout_module
 
     handed_off = timeout_module._runner.run
     with pytest.MonkeyPatch.context() as patch:
@@ -261,7 +261,7 @@ async def test_total_timeout_deadlines_of_concurrent_calls_are_separate() -> Non
 
 
 def test_sync_deadlines_of_threads_and_nested_calls_are_separate() -> None:
-    from opero._timeouts.timeout import TotalTimeout
+    from opero._timeouts.total import TotalTimeout
 
     seen: dict[str, float | None] = {}
 
@@ -985,7 +985,7 @@ def test_a_sigalrm_timeout_shorter_than_arming_still_raises_a_timeout() -> None:
         """
         import time
         from opero import opero, AttemptTimeoutError
-        from opero._timeouts.timeout import use_alarm
+        from opero._timeouts.alarm import use_alarm
 
         use_alarm()
 

@@ -29,7 +29,7 @@ from opero._pipeline.options import OperoOptions
 from opero.exceptions import OpmapError
 
 if TYPE_CHECKING:
-    from opero._maps.pool import Batch
+    from opero._maps.dispatch import Batch
     from opero._maps.progress import Progress
 
 
@@ -126,7 +126,8 @@ class _Map:
         kwargs: dict[str, Any],
         low: Callable[[], int] | None = None,
     ) -> Generator[Batch]:
-        from opero._maps.pool import ChunkSizer, Dispatcher, ParentCache, engine_for
+        from opero._maps.dispatch import ChunkSizer, Dispatcher, ParentCache
+        from opero._maps.pool import engine_for
         from opero._maps.worker import Job
 
         mode, workers = self.settings.mode, self.workers(items)
@@ -165,7 +166,7 @@ class _Map:
         kwargs: dict[str, Any],
         low: Callable[[], int] | None = None,
     ) -> AsyncGenerator[Batch]:
-        from opero._maps.pool import dispatch_async
+        from opero._maps.tasks import dispatch_async
 
         return dispatch_async(self.pipeline, items, args, kwargs, self.workers(items), low)
 

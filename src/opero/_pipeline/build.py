@@ -33,7 +33,7 @@ from opero._policies.retry import RetryPolicy, retry_sync
 if TYPE_CHECKING:
     from opero._policies.budget import BudgetTracker
     from opero._policies.rate_limit import RateLimitStep
-    from opero._timeouts.timeout import TotalTimeout
+    from opero._timeouts.total import TotalTimeout
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -124,7 +124,7 @@ def _call_policies(
     modules are imported only for the options that use them."""
     total = budget = None
     if options.total_timeout:
-        from opero._timeouts.timeout import TotalTimeout
+        from opero._timeouts.total import TotalTimeout
 
         total = TotalTimeout(options.total_timeout, name)
     if options.retry_budget:
@@ -225,7 +225,7 @@ def _attempt_steps(
     extras: dict[str, Any] = {}
     steps: list[Any] = []
     if options.timeout is not None or total is not None:
-        from opero._timeouts.timeout import AttemptTimeout
+        from opero._timeouts.attempt import AttemptTimeout
 
         steps.append(AttemptTimeout(options.timeout, total, name))
     if options.rate_limit is not None:

@@ -32,7 +32,7 @@ from opero._observe.events import RATE_LIMIT_WAIT, current_call
 from opero._utils import testing_state
 
 if TYPE_CHECKING:
-    from opero._timeouts.timeout import TotalTimeout
+    from opero._timeouts.total import TotalTimeout
 
 
 class RateLimiter(Protocol):

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from opero._observe.events import Observer
     from opero._pipeline.options import OperoOptions
     from opero._policies.budget import BudgetTracker
-    from opero._timeouts.timeout import TotalTimeout
+    from opero._timeouts.total import TotalTimeout
 
 # Never retried whatever `retry_on` says: opero's own verdicts on this call.
 _NEVER_RETRIED = (CircuitOpenError, DeadlineExceededError, RetryPredicateError)
