@@ -3,12 +3,14 @@
 
     python3 dev.py demo    # run the demo (python -m opero demo)
     python3 dev.py test    # run the whole test suite (what CI runs)
-    python3 dev.py lint    # ruff check, ruff format --check, mypy --strict
+    python3 dev.py lint    # ruff, mypy --strict, pyright, the import contract
     python3 dev.py bench   # the benchmarks in benchmarks/
+    python3 dev.py docs    # build the docs site strictly (--serve: serve it locally)
 
-On first use it creates .venv/ beside this file and installs opero with its dev extras
-into it; it reinstalls only when pyproject.toml changes. Extra arguments are passed on
-(e.g. `python3 dev.py test -k fallback`).
+On first use it creates .venv/ beside this file. `demo` installs opero and its runtime
+dependencies only; the other commands add the dev tools (test, lint, bench and docs
+tools, the peers the benchmarks compare with). It reinstalls only when pyproject.toml
+changes. Extra arguments are passed on (e.g. `python3 dev.py test -k fallback`).
 """
 
 from __future__ import annotations
@@ -33,25 +35,33 @@ def _requirements_digest() -> str:
     return hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
 
 
-def ensure_venv() -> None:
+def ensure_venv(*, dev_tools: bool) -> None:
+    """.venv/ with opero installed (editable), and the dev tools if asked for. The stamp
+    records what was installed for which pyproject.toml: the dev install covers both."""
     if sys.version_info < (3, 11):  # noqa: UP036 - dev.py may be started by an older python3
         sys.exit(f"opero needs Python 3.11 or newer; this is {sys.version.split()[0]}")
     if not PYTHON.exists():
         print(f"dev.py: creating {VENV.name}/ ...", file=sys.stderr)
         venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
     digest = _requirements_digest()
-    if STAMP.exists() and STAMP.read_text() == digest:
+    installed = STAMP.read_text() if STAMP.exists() else ""
+    enough = {f"{digest} dev"} if dev_tools else {f"{digest} dev", f"{digest} runtime"}
+    if installed in enough:
         return
-    print("dev.py: installing opero and its dev tools into .venv/ ...", file=sys.stderr)
+    what = "opero and its dev tools" if dev_tools else "opero"
+    print(f"dev.py: installing {what} into {VENV.name}/ ...", file=sys.stderr)
+    target = f"{ROOT}[dev]" if dev_tools else str(ROOT)
     pip = [str(PYTHON), "-m", "pip", "--disable-pip-version-check", "-qq"]
-    for step in (["install", "--upgrade", "pip"], ["install", "-e", f"{ROOT}[dev]"]):
+    for step in (["install", "--upgrade", "pip"], ["install", "-e", target]):
         if subprocess.run([*pip, *step], check=False).returncode != 0:
             sys.exit(f"dev.py: 'pip {' '.join(step)}' failed; see its output above")
-    STAMP.write_text(digest)
+    STAMP.write_text(f"{digest} {'dev' if dev_tools else 'runtime'}")
 
 
 def run(*argv: str) -> int:
-    return subprocess.run([str(PYTHON), *argv], cwd=ROOT, check=False).returncode
+    # Material for MkDocs prints a banner about its successor on every build: not ours.
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    return subprocess.run([str(PYTHON), *argv], cwd=ROOT, check=False, env=env).returncode
 
 
 DOC_BLOCKS = ROOT / "build" / "doc-blocks"
@@ -93,6 +103,14 @@ def lint() -> int:
     return worst
 
 
+def docs(rest: list[str]) -> int:
+    """Build the site under site/ with every warning an error, or serve it (--serve)."""
+    if "--serve" in rest:
+        others = [arg for arg in rest if arg != "--serve"]
+        return run("-m", "mkdocs", "serve", "--strict", *others)
+    return run("-m", "mkdocs", "build", "--strict", *rest)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in {"-h", "--help", "help"}:
         print(__doc__)
@@ -103,11 +121,13 @@ def main(argv: list[str]) -> int:
         "test": lambda: run("-m", "pytest", *rest),
         "lint": lint,
         "bench": lambda: run("benchmarks/run_all.py", *rest),
+        "docs": lambda: docs(rest),
     }
     if command not in commands:
         print(f"dev.py: unknown command {command!r}; try: {', '.join(commands)}", file=sys.stderr)
         return 2
-    ensure_venv()
+    # The demo is a newcomer's first run: the package alone, no dev tools to wait for.
+    ensure_venv(dev_tools=command != "demo")
     return commands[command]()
 
 
