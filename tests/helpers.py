@@ -3,7 +3,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 def run_python(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -169,3 +169,33 @@ def peak_overlap(spans: list[tuple[float, float]]) -> int:
         running += step
         peak = max(peak, running)
     return peak
+
+
+def pause_limiter(limiter: object, seconds: float, out: object) -> None:
+    """In a worker process: pause `limiter` (backpressure), then say so on `out`."""
+    out.put(limiter.pause(seconds))  # type: ignore[attr-defined]
+
+
+class Throttled(Exception):
+    """A throttling answer as SDKs raise it: a status code and a Retry-After delay.
+    Module-level, so that it travels back from worker processes as itself."""
+
+    def __init__(self, status_code: int, retry_after: float | None = None, at: float = 0.0) -> None:
+        super().__init__(f"HTTP {status_code}")
+        self.status_code = status_code
+        self.retry_after = retry_after
+        self.at = at  # when the attempt started (time.monotonic)
+
+    def __reduce__(self) -> Any:
+        return type(self), (self.status_code, self.retry_after, self.at)
+
+
+def throttled_first(item: int, delay: float) -> float:
+    """For @opmap: item 0 is answered 429 (Retry-After `delay`); the others return the
+    monotonic time they started at."""
+    import time
+
+    started = time.monotonic()
+    if item == 0:
+        raise Throttled(429, retry_after=delay, at=started)
+    return started

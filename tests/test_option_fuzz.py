@@ -63,6 +63,7 @@ OPTIONS: dict[str, st.SearchStrategy[Any]] = {
     "rate_limit": mostly(st.floats(1e-8, 1e12)),
     "rate_limit_backend": st.sampled_from(["local", "local", "bogus", 1]),
     "rate_limit_key": st.sampled_from([None, None, "key", "", 1]),
+    "rate_limit_backpressure": st.one_of(st.booleans(), NUMBERS),
     "timeout": mostly(DURATIONS),
     "total_timeout": mostly(DURATIONS),
     "circuit_breaker": st.sampled_from([None, True, False, 1, CircuitBreakerOptions()]),

@@ -73,6 +73,8 @@ TYPE_ERRORS: list[tuple[str, Any]] = [
     ("jitter", "no"),
     ("arg_fallback", 3),
     ("rate_limit", "10/s"),
+    ("rate_limit_backpressure", 1),
+    ("rate_limit_backpressure", None),
     ("rate_limit_backend", 1),
 ]
 
@@ -125,6 +127,9 @@ def test_rate_limit_options_must_fit_together() -> None:
         opero(rate_limit_backend="redis")
     with pytest.raises(ValueError, match="rate_limit_key"):
         opero(rate_limit=5, rate_limit_backend="redis", rate_limit_key="")
+    with pytest.raises(ValueError, match=r"rate_limit_backpressure \(False\) needs a rate_limit"):
+        opero(rate_limit_backpressure=False)
+    opero(rate_limit=5, rate_limit_backpressure=False)  # fine with a limit
 
 
 def test_twat_backend_has_no_ttl() -> None:

@@ -15,7 +15,8 @@ import pytest
 from conftest import Flaky
 from helpers import LoopTicks, max_starts_in_window, release_starts, reserve_starts
 from opero import opero
-from opero._policies.rate_limit import LocalRateLimiter, RedisRateLimiter, SharedRateLimiter
+from opero._policies.rate_limit import LocalRateLimiter, SharedRateLimiter
+from opero._policies.rate_limit_redis import RedisRateLimiter
 
 SPACING_SLACK = 1e-9
 

@@ -32,6 +32,9 @@ CACHE_HIT = "cache_hit"
 CACHE_MISS = "cache_miss"
 ATTEMPT_STARTED = "attempt_started"
 RATE_LIMIT_WAIT = "rate_limit_wait"
+# A throttling answer (429, or 503 with Retry-After) paused the function's rate limit
+# for every caller, or made its pause longer: `delay` is the pause, `error` the type.
+RATE_LIMIT_PAUSED = "rate_limit_paused"
 ATTEMPT_SUCCEEDED = "attempt_succeeded"
 ATTEMPT_FAILED = "attempt_failed"
 ATTEMPT_TIMED_OUT = "attempt_timed_out"
@@ -54,6 +57,7 @@ EVENT_KINDS = (
     CACHE_MISS,
     ATTEMPT_STARTED,
     RATE_LIMIT_WAIT,
+    RATE_LIMIT_PAUSED,
     ATTEMPT_SUCCEEDED,
     ATTEMPT_FAILED,
     ATTEMPT_TIMED_OUT,
@@ -80,7 +84,7 @@ class Event(NamedTuple):
     call_id: str
     attempt: int = 0  # 1-based within the current fallback value; 0 when not per attempt
     fallback_index: int | None = None  # 0-based index of the fallback value, if any
-    delay: float | None = None  # seconds: of a retry_scheduled or a rate_limit_wait
+    delay: float | None = None  # seconds: of a retry_scheduled, rate_limit_wait or _paused
     elapsed: float | None = None  # seconds: of the attempt or of the whole call
     error: str | None = None  # exception type name
     state: str | None = None  # breaker state, for breaker_* events

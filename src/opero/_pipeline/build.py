@@ -327,14 +327,21 @@ def _hooks(on_event: object) -> tuple[Hook, ...]:
 
 def build_rate_limit_step(func: Any, options: OperoOptions) -> RateLimitStep:
     """The step `options.rate_limit` asks for (at decoration)."""
-    from opero._policies.rate_limit import LocalRateLimiter, RateLimitStep, RedisRateLimiter
+    from opero._policies.rate_limit import LocalRateLimiter, RateLimiter, RateLimitStep
 
     rate = float(cast(float, options.rate_limit))
+    limiter: RateLimiter
     if options.rate_limit_backend == "redis":
         key = options.rate_limit_key
         if key is None:  # the same name in every process: the function's identity
             from opero._cache.keys import function_identity
 
             key = f"opero:{options.cache_namespace}:ratelimit:{function_identity(func)}"
-        return RateLimitStep(RedisRateLimiter(rate, key))
-    return RateLimitStep(LocalRateLimiter(rate))
+        from opero._policies.rate_limit_redis import RedisRateLimiter
+
+        limiter = RedisRateLimiter(rate, key)
+    else:
+        limiter = LocalRateLimiter(rate)
+    # A pause lasts at most as long as the retry step obeys a Retry-After.
+    backpressure = options.rate_limit_backpressure
+    return RateLimitStep(limiter, backpressure=backpressure, max_pause=options.max_delay)

@@ -228,6 +228,7 @@ CHECKS: dict[str, Callable[[str, Any], None]] = {
     "rate_limit": _rate_limit,
     "rate_limit_backend": _rate_limit_backend,
     "rate_limit_key": _non_empty_str_or_none,
+    "rate_limit_backpressure": _bool,
     "timeout": _positive_or_none,
     "total_timeout": _positive_or_none,
     "circuit_breaker": _circuit_breaker,

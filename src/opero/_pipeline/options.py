@@ -38,6 +38,7 @@ class OperoKwargs(TypedDict, total=False):
     rate_limit: float | None
     rate_limit_backend: str
     rate_limit_key: str | None
+    rate_limit_backpressure: bool
     timeout: float | None
     total_timeout: float | None
     circuit_breaker: bool | CircuitBreakerOptions | None
@@ -68,6 +69,8 @@ class OperoOptions(NamedTuple):
     rate_limit: float | None = None
     rate_limit_backend: str = "local"
     rate_limit_key: str | None = None
+    # A 429 (or 503 with Retry-After) pauses the limit for every caller.
+    rate_limit_backpressure: bool = True
     timeout: float | None = None
     total_timeout: float | None = None
     # After build_options: a CircuitBreakerOptions, or None for no breaker.
@@ -102,6 +105,12 @@ def build_options(decorator: str, given: dict[str, Any]) -> OperoOptions:
         raise ValueError(
             f"{decorator}(): rate_limit_key ({options.rate_limit_key!r}) is only used with "
             "rate_limit_backend='redis'"
+        )
+    if "rate_limit_backpressure" in given and options.rate_limit is None:
+        raise ValueError(
+            f"{decorator}(): rate_limit_backpressure "
+            f"({options.rate_limit_backpressure!r}) needs a rate_limit (attempts per second): "
+            "it pauses that limit"
         )
     if options.rate_limit_backend == "redis" and options.rate_limit is None:
         raise ValueError(

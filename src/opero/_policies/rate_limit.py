@@ -16,8 +16,9 @@ second `asyncio.run()` hangs forever in `wait()` (tests/test_rate_limit.py pins 
 
 Three stores: this process (`LocalRateLimiter`), all processes of one machine through
 shared memory (`SharedRateLimiter`, what `@opmap` hands to its worker processes), and
-every machine using one Redis (`RedisRateLimiter`, atomic Lua steps on the server's
-clock).
+every machine using one Redis (`opero._policies.rate_limit_redis.RedisRateLimiter`,
+atomic Lua steps on the server's clock). Each can be paused for all its callers
+(backpressure, see `opero._policies.backpressure`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-from opero._observe.events import RATE_LIMIT_WAIT, current_call
+from opero._observe.events import RATE_LIMIT_PAUSED, RATE_LIMIT_WAIT, call_id, current_call
 from opero._utils import testing_state
 
 if TYPE_CHECKING:
@@ -39,7 +40,9 @@ class RateLimiter(Protocol):
     """`take()` reserves a start (a `time.monotonic()` value); at that time `release()`
     returns 0.0 to go, or the seconds to wait before asking again. A limiter may also
     have `give_back(start)`, for a reservation its waiter will not use (cancelled, or
-    past its deadline)."""
+    past its deadline), and `pause(seconds)`, which releases no one before `seconds`
+    from now (backpressure: the server said to slow down) and tells whether that moved
+    the end of the pause later."""
 
     def take(self) -> float: ...
 
@@ -67,6 +70,7 @@ class LocalRateLimiter:
         self._last_release = -math.inf
         self._lock = threading.Lock()
         self._holes: list[float] = []  # a heap of given-back starts
+        self._paused_until = -math.inf
 
     def take(self) -> float:
         with self._lock:
@@ -100,6 +104,19 @@ class LocalRateLimiter:
                 return 0.0
         return ready - now
 
+    def pause(self, seconds: float) -> bool:
+        """Release no one for `seconds`; waiters already scheduled inside the pause are
+        held by `release`, later takers are scheduled after it."""
+        with self._lock:
+            until = time.monotonic() + seconds
+            if until <= self._paused_until:
+                return False
+            self._paused_until = until
+            self._next_start = max(self._next_start, until)
+            # The first release after the pause may go at its end, the next one interval on.
+            self._last_release = max(self._last_release, until - self.interval)
+        return True
+
 
 class SharedRateLimiter:
     """One limit for all processes of this machine that received this object.
@@ -115,7 +132,8 @@ class SharedRateLimiter:
 
         ctx = context or multiprocessing.get_context()
         self.interval = 1.0 / rate
-        self._times = ctx.Array("d", [0.0, -math.inf], lock=True)  # next start, last release
+        # Next start, last release, end of the pause (see `LocalRateLimiter.pause`).
+        self._times = ctx.Array("d", [0.0, -math.inf, -math.inf], lock=True)
 
     def take(self) -> float:
         with self._times.get_lock():
@@ -139,92 +157,17 @@ class SharedRateLimiter:
                 return 0.0
         return float(ready - now)
 
-
-_TAKE_LUA = """
-if redis.replicate_commands then redis.replicate_commands() end
-local interval = tonumber(ARGV[1])
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local next_start = tonumber(redis.call('GET', KEYS[1]) or '0')
-local start = math.max(now, next_start)
-local after = start + interval
-local idle_ms = math.ceil((after - now) / 1000) + 1000
-redis.call('SET', KEYS[1], string.format('%.0f', after), 'PX', idle_ms)
-return start - now
-"""
-
-_RELEASE_LUA = """
-if redis.replicate_commands then redis.replicate_commands() end
-local interval = tonumber(ARGV[1])
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local last = tonumber(redis.call('GET', KEYS[1]) or '-1e18')
-if now >= last + interval then
-  redis.call('SET', KEYS[1], string.format('%.0f', now), 'PX', math.ceil(interval / 1000) + 1000)
-  return 0
-end
-return last + interval - now
-"""
-
-
-class RedisRateLimiter:
-    """One limit for every process on every machine that uses the same Redis key.
-
-    Both steps are atomic Lua scripts on Redis's own clock (machines' clocks need not
-    agree), on the keys ``<key>`` and ``<key>:last``, which expire once idle. Releases are
-    at least one interval apart as Redis sees them; what a service sees also varies by
-    each client's network latency. Resolution 1 µs, intervals rounded up. If Redis cannot
-    be reached, a local limiter of the same rate takes over and a warning is logged once
-    per outage.
-    """
-
-    blocking_io = True  # async callers talk to Redis from a worker thread
-
-    def __init__(self, rate: float, key: str, url: str | None = None) -> None:
-        import os
-
-        from opero._utils.redis import DEFAULT_REDIS_URL, import_redis
-
-        redis = import_redis()
-
-        self.keys = [key], [f"{key}:last"]
-        self.args = [max(1, math.ceil(1_000_000 / rate))]
-        url = url or os.environ.get("OPERO_REDIS_URL") or DEFAULT_REDIS_URL
-        self._client = redis.Redis.from_url(url)
-        self._take = self._client.register_script(_TAKE_LUA)
-        self._release = self._client.register_script(_RELEASE_LUA)
-        self._fallback = LocalRateLimiter(rate)
-        self._down = False
-
-    def take(self) -> float:
-        try:
-            wait_us = self._take(keys=self.keys[0], args=self.args)
-        except Exception as exc:
-            self._note_outage(exc)
-            return self._fallback.take()
-        self._down = False
-        # Redis answers with a wait on its own clock; the release step enforces spacing.
-        return time.monotonic() + float(wait_us) / 1_000_000
-
-    def release(self) -> float:
-        if self._down:
-            return self._fallback.release()
-        try:
-            wait_us = self._release(keys=self.keys[1], args=self.args)
-        except Exception as exc:
-            self._note_outage(exc)
-            return self._fallback.release()
-        return float(wait_us) / 1_000_000
-
-    def _note_outage(self, exc: Exception) -> None:
-        if not self._down:
-            from opero._utils.logging import log
-
-            log().warning(
-                "rate limit: Redis failed with {}; limiting this process only",
-                type(exc).__name__,
-            )
-        self._down = True
+    def pause(self, seconds: float) -> bool:
+        """As `LocalRateLimiter.pause`, for every process sharing this limit."""
+        times = self._times
+        with times.get_lock():
+            until = time.monotonic() + seconds
+            if until <= times[2]:
+                return False
+            times[2] = until
+            times[0] = max(times[0], until)
+            times[1] = max(times[1], until - self.interval)
+        return True
 
 
 # How early a waiter wakes before its turn, to finish the wait by yielding: time.sleep
@@ -256,6 +199,7 @@ def wait_sync(limiter: RateLimiter, total: TotalTimeout | None = None) -> None:
             raise
     while (extra := limiter.release()) > 0.0:
         if extra > BUSY_BELOW:  # else poll at once: a syscall costs more than the wait
+            _check_release(extra, total)
             # time.sleep(0) yields the GIL: other threads run while this one polls.
             time.sleep(extra - THREAD_EARLY if extra > 2 * THREAD_EARLY else 0)
 
@@ -280,6 +224,7 @@ async def wait_async(limiter: RateLimiter, total: TotalTimeout | None = None) ->
     release = limiter.release
     while (extra := (await asyncio.to_thread(release) if blocking else release())) > 0.0:
         if extra > BUSY_BELOW:
+            _check_release(extra, total)
             # A wait for a point in time, not an event; sleep(0) lets other tasks run.
             await asyncio.sleep(extra - TASK_EARLY if extra > 2 * TASK_EARLY else 0)
 
@@ -294,6 +239,14 @@ def _check_deadline(limiter: RateLimiter, start: float, total: TotalTimeout | No
         raise total.error(None)
 
 
+def _check_release(extra: float, total: TotalTimeout | None) -> None:
+    """A release held past the call's deadline (a long pause): fail now, not after it."""
+    if total is not None:
+        deadline = total.deadline()
+        if deadline is not None and time.monotonic() + extra > deadline:
+            raise total.error(None)
+
+
 def _give_back(limiter: RateLimiter, start: float) -> None:
     give_back = getattr(limiter, "give_back", None)
     if give_back is not None:
@@ -302,12 +255,21 @@ def _give_back(limiter: RateLimiter, start: float) -> None:
 
 class RateLimitStep:
     """The rate-limit step of one decorated function; `limiter` may be swapped (by
-    `@opmap`, for one shared by its worker processes)."""
+    `@opmap`, for one shared by its worker processes).
 
-    __slots__ = ("limiter", "observer", "total")
+    With `backpressure`, a failed attempt whose exception is a throttling answer (see
+    `opero._policies.backpressure`) pauses `limiter` for every caller, at most
+    `max_pause` seconds (the retry step's `max_delay`, the longest it obeys a
+    Retry-After)."""
 
-    def __init__(self, limiter: RateLimiter) -> None:
+    __slots__ = ("backpressure", "limiter", "max_pause", "observer", "total")
+
+    def __init__(
+        self, limiter: RateLimiter, *, backpressure: bool = True, max_pause: float = 30.0
+    ) -> None:
         self.limiter = limiter
+        self.backpressure = backpressure
+        self.max_pause = max_pause
         self.observer: Any = None  # an events.Observer: waits are events while it is on
         self.total: TotalTimeout | None = None  # the call's deadline, when it has one
 
@@ -322,7 +284,12 @@ class RateLimitStep:
                 step.report_wait(time.monotonic() - began)
             else:
                 wait_sync(step.limiter, step.total)
-            return func(*args, **kwargs)
+            try:
+                return func(*args, **kwargs)
+            except Exception as exc:  # free until raised (zero-cost try)
+                if step.backpressure:
+                    step.throttled(exc)
+                raise
 
         return limited
 
@@ -337,11 +304,51 @@ class RateLimitStep:
                 step.report_wait(time.monotonic() - began)
             else:
                 await wait_async(step.limiter, step.total)
-            return await func(*args, **kwargs)
+            try:
+                return await func(*args, **kwargs)
+            except Exception as exc:
+                if step.backpressure:
+                    await step.throttled_async(exc)
+                raise
 
         return limited
+
+    def throttled(self, exc: BaseException) -> None:
+        """A failed attempt: if the server said to slow down, pause every caller."""
+        from opero._policies.backpressure import throttle_pause  # the failure path only
+
+        seconds = throttle_pause(exc, self.max_pause)
+        pause = getattr(self.limiter, "pause", None)
+        if seconds is not None and seconds > 0.0 and pause is not None and pause(seconds):
+            self.report_pause(seconds, exc)
+
+    async def throttled_async(self, exc: BaseException) -> None:
+        if getattr(self.limiter, "blocking_io", False):  # Redis: off the event loop
+            import asyncio
+
+            await asyncio.to_thread(self.throttled, exc)
+        else:
+            self.throttled(exc)
 
     def report_wait(self, waited: float) -> None:
         """An observed attempt waited `waited` seconds for its turn (reported from 1 ms)."""
         if waited >= 0.001 and self.observer is not None:
             self.observer.emit(RATE_LIMIT_WAIT, current_call.get(), delay=waited)
+
+    def report_pause(self, seconds: float, exc: BaseException) -> None:
+        """The limit was paused (or its pause made longer) by the answer `exc`."""
+        from opero._utils.logging import log
+
+        observer = self.observer
+        name = observer.function if observer is not None else "?"
+        log().info(
+            "{}: a {} answer paused the rate limit for {:.3f}s for every caller [call {}]",
+            name,
+            type(exc).__name__,
+            seconds,
+            call_id(),
+        )
+        if observer is not None and observer.on:
+            observer.emit(
+                RATE_LIMIT_PAUSED, current_call.get(), delay=seconds, error=type(exc).__name__
+            )

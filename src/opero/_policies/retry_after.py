@@ -11,12 +11,14 @@ that long, rather than our own backoff, is both politer and quicker to succeed.
    exceptions carry it: seconds (int or float), a `datetime.timedelta`, or a string read
    like the header;
 2. ``exc.response.headers["Retry-After"]``, as on httpx's ``HTTPStatusError`` and
-   requests' ``HTTPError``, when the attribute is missing or unusable.
+   requests' ``HTTPError``, or ``exc.headers["Retry-After"]`` when there is no
+   ``response`` (aiohttp's ``ClientResponseError``), when the attribute is missing or
+   unusable.
 
 It runs while another exception is being handled, so it never raises: anything
 missing, malformed, negative, NaN or infinite gives None, and so does an attribute
 that raises on access (an ``Exception``; ``KeyboardInterrupt`` and the like still
-propagate). When neither attribute is there it costs two `getattr` calls.
+propagate). When none of these attributes is there it costs three `getattr` calls.
 """
 
 from __future__ import annotations
@@ -51,9 +53,9 @@ def server_delay(exc: BaseException, *, now: Callable[[], datetime] | None = Non
         pass  # an unusable attribute: the header may still say
     try:
         response = getattr(exc, "response", None)
-        if response is None:
-            return None
-        headers = getattr(response, "headers", None)
+        # aiohttp's ClientResponseError has no response, but the headers themselves.
+        holder = exc if response is None else response
+        headers = getattr(holder, "headers", None)
         if headers is None:
             return None
         for name in _HEADER_NAMES:

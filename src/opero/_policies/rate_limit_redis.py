@@ -1,0 +1,129 @@
+"""The Redis store of a rate limit: every process on every machine using one key.
+
+The same two steps as `opero._policies.rate_limit` (reserve a start, then release),
+plus the pause of backpressure, each an atomic Lua script on Redis's own clock.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from opero._policies.rate_limit import LocalRateLimiter
+
+_TAKE_LUA = """
+if redis.replicate_commands then redis.replicate_commands() end
+local interval = tonumber(ARGV[1])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local next_start = tonumber(redis.call('GET', KEYS[1]) or '0')
+local start = math.max(now, next_start)
+local after = start + interval
+local idle_ms = math.ceil((after - now) / 1000) + 1000
+redis.call('SET', KEYS[1], string.format('%.0f', after), 'PX', idle_ms)
+return start - now
+"""
+
+_RELEASE_LUA = """
+if redis.replicate_commands then redis.replicate_commands() end
+local interval = tonumber(ARGV[1])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local last = tonumber(redis.call('GET', KEYS[1]) or '-1e18')
+if now >= last + interval then
+  redis.call('SET', KEYS[1], string.format('%.0f', now), 'PX', math.ceil(interval / 1000) + 1000)
+  return 0
+end
+return last + interval - now
+"""
+
+
+# Both keys of one limit: no start before the pause ends, no release before it either.
+_PAUSE_LUA = """
+if redis.replicate_commands then redis.replicate_commands() end
+local interval = tonumber(ARGV[1])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local ends = now + tonumber(ARGV[2])
+local idle_ms = math.ceil((ends + interval - now) / 1000) + 1000
+local next_start = tonumber(redis.call('GET', KEYS[1]) or '0')
+if next_start < ends then
+  redis.call('SET', KEYS[1], string.format('%.0f', ends), 'PX', idle_ms)
+end
+local last = tonumber(redis.call('GET', KEYS[2]) or '-1e18')
+if last >= ends - interval then return 0 end
+redis.call('SET', KEYS[2], string.format('%.0f', ends - interval), 'PX', idle_ms)
+return 1
+"""
+
+
+class RedisRateLimiter:
+    """One limit for every process on every machine that uses the same Redis key.
+
+    Both steps are atomic Lua scripts on Redis's own clock (machines' clocks need not
+    agree), on the keys ``<key>`` and ``<key>:last``, which expire once idle. Releases are
+    at least one interval apart as Redis sees them; what a service sees also varies by
+    each client's network latency. Resolution 1 µs, intervals rounded up. If Redis cannot
+    be reached, a local limiter of the same rate takes over and a warning is logged once
+    per outage.
+    """
+
+    blocking_io = True  # async callers talk to Redis from a worker thread
+
+    def __init__(self, rate: float, key: str, url: str | None = None) -> None:
+        import os
+
+        from opero._utils.redis import DEFAULT_REDIS_URL, import_redis
+
+        redis = import_redis()
+
+        self.keys = [key], [f"{key}:last"]
+        self.args = [max(1, math.ceil(1_000_000 / rate))]
+        url = url or os.environ.get("OPERO_REDIS_URL") or DEFAULT_REDIS_URL
+        self._client = redis.Redis.from_url(url)
+        self._take = self._client.register_script(_TAKE_LUA)
+        self._release = self._client.register_script(_RELEASE_LUA)
+        self._pause = self._client.register_script(_PAUSE_LUA)
+        self._fallback = LocalRateLimiter(rate)
+        self._down = False
+
+    def take(self) -> float:
+        try:
+            wait_us = self._take(keys=self.keys[0], args=self.args)
+        except Exception as exc:
+            self._note_outage(exc)
+            return self._fallback.take()
+        self._down = False
+        # Redis answers with a wait on its own clock; the release step enforces spacing.
+        return time.monotonic() + float(wait_us) / 1_000_000
+
+    def release(self) -> float:
+        if self._down:
+            return self._fallback.release()
+        try:
+            wait_us = self._release(keys=self.keys[1], args=self.args)
+        except Exception as exc:
+            self._note_outage(exc)
+            return self._fallback.release()
+        return float(wait_us) / 1_000_000
+
+    def pause(self, seconds: float) -> bool:
+        """As `LocalRateLimiter.pause`, for every process using this key (the next start
+        doubles as the pause's end: the take step never schedules before it)."""
+        self._fallback.pause(seconds)  # holds this process if Redis goes away meanwhile
+        try:
+            keys = [*self.keys[0], *self.keys[1]]
+            return bool(self._pause(keys=keys, args=[*self.args, math.ceil(seconds * 1e6)]))
+        except Exception as exc:
+            self._note_outage(exc)
+            return True
+
+    def _note_outage(self, exc: Exception) -> None:
+        if not self._down:
+            from opero._utils.logging import log
+
+            log().warning(
+                "rate limit: Redis failed with {}; limiting this process only",
+                type(exc).__name__,
+            )
+        self._down = True
