@@ -1,8 +1,21 @@
-"""Sync attempt timeouts by SIGALRM, in a process opero owns (an @opmap worker): the
-timer raises inside the running code, so the work really stops."""
+"""Sync attempt timeouts by SIGALRM, on the main thread: the timer raises inside the
+running attempt, so the work really stops (a blocking `time.sleep` or socket read too:
+the signal interrupts the system call, PEP 475 runs the handler, its exception ends the
+call), and the success path costs two `setitimer` calls instead of a thread hand-off.
+
+Used where it cannot disturb anyone: on the main thread (the only one Python runs signal
+handlers on), never nested (one timer per process), and only while SIGALRM is opero's
+(installed once when it was the default, SIG_DFL, with no timer pending) or in an @opmap
+worker, which opero owns. A host that installs its own SIGALRM handler (pytest-timeout's
+signal method, for one) keeps it: opero then hands the attempt to a helper thread, as in
+every other thread.
+"""
 
 from __future__ import annotations
 
+# The C module under `signal`: its getsignal returns the raw handler in 0.05 us, where
+# `signal.getsignal` converts it to an enum member first (2.8 us here, on every call).
+import _signal
 import signal
 import sys
 import threading
@@ -12,13 +25,7 @@ from typing import TYPE_CHECKING, Any
 from opero._utils import process_role
 
 if TYPE_CHECKING:
-    pass
-
-
-if TYPE_CHECKING:
     from opero._timeouts.attempt import AttemptTimeout
-
-# --- sync attempts in @opmap worker processes: SIGALRM ----------------------------------
 
 
 class _AlarmFired(BaseException):
@@ -26,39 +33,45 @@ class _AlarmFired(BaseException):
     ``except Exception`` in user code does not swallow it."""
 
 
+def _on_alarm(signum: int, frame: object) -> None:
+    # A module-level function, so `signal.getsignal` can tell it is ours (a bound
+    # method is a new object at every access).
+    _alarm.fire()
+
+
 class _Alarm:
-    """Timeouts by `signal.setitimer` in a process opero owns (an @opmap worker)."""
+    """Attempt timeouts by `signal.setitimer`, where SIGALRM is free to take."""
 
     def __init__(self) -> None:
         self.enabled = False
         self.armed = False
 
     def enable(self) -> None:
-        """Called once in each @opmap worker process, from its main thread."""
+        """Take SIGALRM (an @opmap worker at start, or the first use on a main thread
+        whose SIGALRM was free). Main thread only: `signal.signal` refuses others."""
         if sys.platform == "win32":  # no SIGALRM: timeouts keep the thread hand-off
             return
-        signal.signal(signal.SIGALRM, self._fire)
+        signal.signal(signal.SIGALRM, _on_alarm)
         self.enabled = True
 
     def usable(self) -> bool:
-        # Only in an @opmap worker, not nested (one timer per process) and only on the
-        # main thread, where the signal handler runs. Outside workers (the common case,
-        # on every sync call with a deadline) the first test answers.
-        if not self.enabled:
-            if sys.platform == "win32":  # no SIGALRM: the thread hand-off
-                return False
-            # Enabled on first use in an @opmap worker (the module may be imported
-            # there only when an item decorates a function with a timeout).
-            if not process_role.POOL_WORKER:
-                return False
-            if threading.current_thread() is not threading.main_thread():
-                return False
-            self.enable()
-        elif threading.current_thread() is not threading.main_thread():
+        """Whether this attempt can run under the timer: on the main thread, not nested,
+        and SIGALRM ours (or free to take: default action, no timer pending)."""
+        if sys.platform == "win32" or self.armed:
             return False
-        return not self.armed
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        handler = _signal.getsignal(signal.SIGALRM)
+        if handler is _on_alarm:
+            return True
+        if process_role.POOL_WORKER or (
+            handler == signal.SIG_DFL and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+        ):
+            self.enable()
+            return True
+        return False  # the host's: leave it alone
 
-    def _fire(self, signum: int, frame: object) -> None:
+    def fire(self) -> None:
         if self.armed:
             self.armed = False
             raise _AlarmFired
@@ -75,18 +88,18 @@ class _Alarm:
             raise AssertionError("SIGALRM timeouts need a POSIX system")
         try:
             self.armed = True
-            signal.setitimer(signal.ITIMER_REAL, limit)  # may fire at once: inside the try
+            _signal.setitimer(signal.ITIMER_REAL, limit)  # may fire at once: inside the try
             return func(*args, **kwargs)
         except _AlarmFired:
             raise step.error(limit) from None
         finally:
             self.armed = False
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            _signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 _alarm = _Alarm()
 
 
 def use_alarm() -> None:
-    """Make sync attempt timeouts in this process use SIGALRM (in @opmap workers only)."""
+    """Make sync attempt timeouts in this process use SIGALRM (an @opmap worker)."""
     _alarm.enable()
