@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 _EMPTY: Any = inspect.Parameter.empty
+NO_KEY: Any = object()  # a call without a key (its arguments did not bind), or no value
 _PLAIN_KINDS = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
