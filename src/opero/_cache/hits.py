@@ -39,11 +39,13 @@ def memory_sync(step: CacheStep, func: Callable[..., Any]) -> Callable[..., Any]
         except Exception as exc:
             problem = exc
         else:
-            touched[key] = None  # the LRU order, for the next write (`touch`, written out)
-            try:  # noqa: SIM105 - contextlib.suppress would cost every hit a with block
-                move(key)
-            except KeyError:  # a write replayed it in between
-                pass
+            if key in touched:  # the LRU order, for the next write (`touch`, written out)
+                try:  # noqa: SIM105 - contextlib.suppress would cost every hit a with block
+                    move(key)
+                except KeyError:  # a write replayed it in between
+                    pass
+            else:
+                touched[key] = None
             step.hits += 1
             if observer.on:
                 observer.emit(CACHE_HIT, CallInfo(observer.function))
@@ -70,11 +72,13 @@ def _memory_ttl_sync(step: CacheStep, func: Callable[..., Any]) -> Callable[...,
             problem = exc
         else:
             if timer() < expires:
-                touched[key] = None
-                try:  # noqa: SIM105 - as above
-                    move(key)
-                except KeyError:
-                    pass
+                if key in touched:
+                    try:  # noqa: SIM105 - as above
+                        move(key)
+                    except KeyError:
+                        pass
+                else:
+                    touched[key] = None
                 step.hits += 1
                 if observer.on:
                     observer.emit(CACHE_HIT, CallInfo(observer.function))

@@ -12,11 +12,12 @@ building makes up for that, so hits never take the lock and never enter cachetoo
   against the writers. Writers (`set`, `delete`, `clear`, under the lock) change
   cachetools first, then the mirror; whatever cachetools evicts (`popitem`) or expires
   (`expire`, the hooks its documentation names for this) leaves the mirror with it.
-- `touched` records the keys hits found, in the order of their last hit (two C calls
-  on an `OrderedDict`). Before each write, `replay_hits` looks those keys up in
-  cachetools, oldest first, so its LRU order is what it would be had every hit gone
-  through it: eviction stays cachetools' own, exactly least recently used. It holds
-  each key once: never more than the cache holds, plus keys evicted by a racing write.
+- `touched` records the keys hits found, in the order of their last hit (a test and a
+  move, or a store, in C on an `OrderedDict`). Before each write, `replay_hits` looks
+  those keys up in cachetools, oldest first, so its LRU order is what it would be had
+  every hit gone through it: eviction stays cachetools' own, exactly least recently
+  used. It holds each key once: never more than the cache holds, plus keys evicted by a
+  racing write.
 
 Expiry is cachetools' too: `set` reads the clock once (`with entries.timer`), for its
 entry and for the mirror's, and a mirrored entry past its time is a miss until the
@@ -91,12 +92,15 @@ class MemoryBackend:
         return value
 
     def touch(self, key: Any) -> None:
+        """Records a hit of `key` for `replay_hits` (the hit paths inline it)."""
         touched = self.touched
-        touched[key] = None
-        try:  # noqa: SIM105 - the same as the inlined hit paths
-            touched.move_to_end(key)
-        except KeyError:  # a write replayed it in between: its order is already counted
-            pass
+        if key in touched:  # a test and a move cost a hit less than a store and a move
+            try:  # noqa: SIM105 - the same as the inlined hit paths
+                touched.move_to_end(key)
+            except KeyError:  # a write replayed it in between: its order is already counted
+                pass
+        else:
+            touched[key] = None
 
     def set(self, key: Any, value: object, ttl: float | None = None) -> None:
         with self._lock:
