@@ -37,6 +37,8 @@ from cachetools import LRUCache, TTLCache
 clock: Callable[[], float] = time.monotonic  # what TTLs are measured with (tests replace it)
 
 
+# Subclasses only to hear of what leaves: `popitem` (evictions) and `expire` (expired
+# entries) are the methods cachetools' documentation tells subclasses to override for it.
 class _LRU(LRUCache[Any, Any]):
     def __init__(self, maxsize: int, hot: dict[Any, Any]) -> None:
         super().__init__(maxsize)
@@ -49,9 +51,11 @@ class _LRU(LRUCache[Any, Any]):
 
 
 class _TTL(TTLCache[Any, Any, float]):
-    def __init__(self, maxsize: int, ttl: float, timer: Callable[[], float], hot: Any) -> None:
+    def __init__(
+        self, maxsize: int, ttl: float, timer: Callable[[], float], hot: dict[Any, Any]
+    ) -> None:
         super().__init__(maxsize, ttl, timer)
-        self.hot: dict[Any, Any] = hot
+        self.hot = hot
 
     def popitem(self) -> tuple[Any, Any]:
         key, value = super().popitem()
@@ -81,7 +85,7 @@ class MemoryBackend:
 
     def get(self, key: Any) -> object:
         """The value, or `KeyError`; `TypeError` for an unhashable key. The hit paths
-        (`opero._cache.step`) inline the same lookup."""
+        (`opero._cache.hits`) inline the same lookup."""
         if self.ttl is None:
             value = self.hot[key]
         else:
