@@ -1,11 +1,12 @@
 """Cost of a cache hit: opero against functools, cachetools and diskcache, in one run.
 
-Memory: `@opero` with its defaults (memory backend, retries on) against
-`functools.lru_cache`, `cachetools.cached(TTLCache)` and `cachetools.cached(LRUCache)`
-with a lock (what thread safety costs there). Disk: `@opero(cache_backend="disk")`
-against diskcache's own `Cache.memoize` on the same kind of folder. Every function is
-called with an argument it has already cached; rounds are interleaved and medians
-compared.
+Memory: `@opero` with its defaults (memory backend, retries on), called positionally
+(`f(1)`), by keyword (`f(x=1)`) and with `cache_ttl=`, against `functools.lru_cache`,
+`cachetools.cached(TTLCache)` and `cachetools.cached(LRUCache)` with a lock (what thread
+safety costs there); ratios are against `lru_cache` and the locked cachetools LRU, both
+called positionally. Disk: `@opero(cache_backend="disk")` against diskcache's own
+`Cache.memoize` on the same kind of folder. Every function is called with an argument it
+has already cached; rounds are interleaved and medians compared.
 
     python benchmarks/bench_cache.py [--rounds N] [--calls N] [--quick]
 """
@@ -34,14 +35,22 @@ def plain(x: int) -> int:
     return x
 
 
-def memory_contenders() -> dict[str, Callable[[int], Any]]:
+# Names of contenders called by keyword, `f(x=1)`; the others are called `f(1)`.
+KEYWORD = "by keyword"
+LRU_CACHE = "functools.lru_cache"
+CACHETOOLS = "cachetools LRU+lock"
+
+
+def memory_contenders() -> dict[str, Callable[..., Any]]:
     return {
         "opero": opero(plain),
-        "functools.lru_cache": functools.lru_cache(maxsize=1024)(plain),
+        f"opero {KEYWORD}": opero(plain),
+        "opero cache_ttl": opero(cache_ttl=600)(plain),
+        f"opero cache_ttl {KEYWORD}": opero(cache_ttl=600)(plain),
+        LRU_CACHE: functools.lru_cache(maxsize=1024)(plain),
+        f"{LRU_CACHE} {KEYWORD}": functools.lru_cache(maxsize=1024)(plain),
         "cachetools TTLCache": cachetools.cached(cachetools.TTLCache(1024, 600))(plain),
-        "cachetools LRU+lock": cachetools.cached(cachetools.LRUCache(1024), lock=threading.Lock())(
-            plain
-        ),
+        CACHETOOLS: cachetools.cached(cachetools.LRUCache(1024), lock=threading.Lock())(plain),
     }
 
 
@@ -54,16 +63,21 @@ def disk_contenders(folder: str) -> dict[str, Callable[[int], Any]]:
     }
 
 
-def time_calls(fn: Callable[[int], Any], calls: int) -> float:
+def time_calls(fn: Callable[..., Any], calls: int) -> float:
     started = time.perf_counter()
     for _ in range(calls):
         fn(1)
     return (time.perf_counter() - started) / calls
 
 
-def measure(
-    contenders: dict[str, Callable[[int], Any]], rounds: int, calls: int
-) -> dict[str, float]:
+def time_keyword_calls(fn: Callable[..., Any], calls: int) -> float:
+    started = time.perf_counter()
+    for _ in range(calls):
+        fn(x=1)
+    return (time.perf_counter() - started) / calls
+
+
+def measure(contenders: dict[str, Callable[..., Any]], rounds: int, calls: int) -> dict[str, float]:
     for fn in contenders.values():
         fn(1)  # fill the cache: everything measured below is a hit
     samples: dict[str, list[float]] = {name: [] for name in contenders}
@@ -71,16 +85,20 @@ def measure(
         order = list(contenders)
         random.shuffle(order)
         for name in order:
-            samples[name].append(time_calls(contenders[name], calls))
+            timer = time_keyword_calls if name.endswith(KEYWORD) else time_calls
+            samples[name].append(timer(contenders[name], calls))
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def report(title: str, medians: dict[str, float], reference: str) -> None:
-    ours = medians[reference]
+def report(title: str, medians: dict[str, float], references: dict[str, str]) -> None:
+    """One line per contender: its median per hit, and how many times each reference's
+    (`references`: column label -> contender)."""
     print(title)
-    print(f"  {'contender':<22} {'per hit':>10} {'vs opero':>9}")
+    ratios = "".join(f" {'vs ' + label:>14}" for label in references)
+    print(f"  {'contender':<32} {'per hit':>10}{ratios}")
     for name, value in medians.items():
-        print(f"  {name:<22} {value * 1e6:8.3f}us {value / ours:8.2f}x")
+        cells = "".join(f" {value / medians[ref]:13.2f}x" for ref in references.values())
+        print(f"  {name:<32} {value * 1e6:8.3f}us{cells}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,16 +110,16 @@ def main(argv: list[str] | None = None) -> int:
     rounds, calls = (3, 200) if args.quick else (args.rounds, args.calls)
     print(f"Python {sys.version.split()[0]}; {rounds} interleaved rounds; medians")
     report(
-        f"memory hit ({calls} calls a round); 'vs opero' > 1 means slower than opero",
+        f"memory hit ({calls} calls a round); 'vs X' > 1 means slower than X positionally",
         measure(memory_contenders(), rounds, calls),
-        "opero",
+        {"lru_cache": LRU_CACHE, "cachetools": CACHETOOLS},
     )
     with tempfile.TemporaryDirectory() as folder:
         disk_calls = max(calls // 20, 50)
         report(
             f"disk hit ({disk_calls} calls a round)",
             measure(disk_contenders(folder), rounds, disk_calls),
-            "opero disk",
+            {"opero disk": "opero disk"},
         )
     return 0
 

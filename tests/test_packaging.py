@@ -147,7 +147,10 @@ def test_readme_quick_start_matches_ci() -> None:
     ("script", "names"),
     [
         ("bench_overhead.py", ("opero", "tenacity", "stamina", "backoff")),
-        ("bench_cache.py", ("opero", "functools.lru_cache", "TTLCache", "diskcache memoize")),
+        (
+            "bench_cache.py",
+            ("opero by keyword", "opero cache_ttl", "functools.lru_cache", "diskcache memoize"),
+        ),
         ("bench_rate_limit.py", ("8 threads", "50 tasks", "2 processes", "rate_limit=1e6/s")),
         ("bench_opmap.py", ("multiprocessing.Pool.map", "joblib", "mpire", "ThreadPoolExecutor")),
         ("bench_policies.py", ("opero policies", "pyresilience", "tenacity+pybreaker")),

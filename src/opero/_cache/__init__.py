@@ -1,2 +1,3 @@
-"""The cache step: keys from bound arguments (`keys`), the backends (memory on
-cachetools, disk on diskcache, Redis, twat-cache's fcache) and single-flight (`step`)."""
+"""The cache step: keys from bound arguments (`keys`), the backends (`memory` on
+cachetools, disk on diskcache, Redis, twat-cache's fcache), the hit paths every call runs
+first (`hits`) and single-flight (`step`)."""

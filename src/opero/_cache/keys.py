@@ -14,10 +14,12 @@ from __future__ import annotations
 import enum
 import functools
 import inspect
+import operator
 from collections.abc import Callable
 from typing import Any
 
 _EMPTY: Any = inspect.Parameter.empty
+NO_KEY: Any = object()  # a call without a key (its arguments did not bind), or no value
 _PLAIN_KINDS = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
@@ -94,9 +96,15 @@ def _code_fingerprint(code: Any) -> tuple[Any, ...]:
 
 
 class KeyBuilder:
-    """Builds one function's keys from its calls' arguments."""
+    """Builds one function's keys from its calls' arguments.
 
-    __slots__ = ("custom", "defaults", "names", "plain", "required", "signature", "size")
+    `bound(args, kwargs)` gives the call's arguments bound with defaults (possibly
+    unhashable), and raises `TypeError` when they do not bind to the signature. It is a
+    closure made at decoration, not a method: on a memory hit by keyword, building the
+    key is most of the cost, and closures read their variables faster than attributes.
+    """
+
+    __slots__ = ("arity", "bound", "custom", "defaults", "plain", "required", "signature")
 
     def __init__(self, func: Callable[..., Any], custom: Callable[..., object] | None) -> None:
         self.custom = custom
@@ -106,43 +114,46 @@ class KeyBuilder:
             self.signature = None
         params = list(self.signature.parameters.values()) if self.signature else []
         self.plain = self.signature is not None and all(p.kind in _PLAIN_KINDS for p in params)
-        self.size = len(params)
         self.defaults = tuple(p.default for p in params)
         # Plain parameters with defaults all come after those without.
         self.required = sum(1 for p in params if p.default is _EMPTY)
-        keywordable = (inspect.Parameter.POSITIONAL_OR_KEYWORD,)
-        self.names = tuple(p.name if p.kind in keywordable else None for p in params)
+        # A call of exactly this many positional arguments and no keywords is its own key
+        # (what `bound` returns): the cache's hit path tests that without calling `bound`.
+        self.arity = len(params) if self.plain and custom is None else -1
+        self.bound: Callable[[tuple[Any, ...], dict[str, Any]], Any]
+        if custom is not None:
+            self.bound = lambda args, kwargs: ("custom", custom(*args, **kwargs))
+        elif self.plain:
+            self.bound = self._plain_bound(params)
+        else:
+            self.bound = self._bind
 
-    def bound(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """The call's arguments bound with defaults (possibly unhashable).
+    def _plain_bound(self, params: list[inspect.Parameter]) -> Callable[..., Any]:
+        """`bound` for signatures of positional-or-keyword parameters, without
+        `Signature.bind` for the calls that bind: positional ones, and keyword ones (a
+        dict merge and an itemgetter, both in C, where a loop over the parameters cost
+        most of a keyword hit)."""
+        size, required, defaults, bind = len(params), self.required, self.defaults, self._bind
+        tails = tuple(_tail(params[count:]) for count in range(size + 1))
 
-        Raises `TypeError` when they do not bind to the signature.
-        """
-        if self.custom is not None:
-            return ("custom", self.custom(*args, **kwargs))
-        count = len(args)
-        if self.plain and self.required <= count <= self.size and not kwargs:
-            return args + self.defaults[count:] if count < self.size else args
-        if self.plain and kwargs:
-            filled = self._fill_keywords(args, kwargs)
-            if filled is not None:
-                return filled
-        return self._bind(args, kwargs)
+        def bound(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            count = len(args)
+            if not kwargs:
+                if required <= count <= size:
+                    return args + defaults[count:] if count < size else args
+                return bind(args, kwargs)  # raises the natural TypeError
+            tail = tails[count] if count <= size else None
+            if tail is not None:
+                fill, pick, wanted = tail
+                given = {**fill, **kwargs} if fill else kwargs
+                if len(given) == wanted:  # else a keyword names no parameter left
+                    try:
+                        return args + (pick(given) if wanted > 1 else (given[pick],))
+                    except KeyError:  # a parameter without a default was not given
+                        pass
+            return bind(args, kwargs)
 
-    def _fill_keywords(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        # Keyword calls of plain signatures, without Signature.bind; None when unsure.
-        values = list(args)
-        used = 0
-        for index in range(len(args), self.size):
-            name = self.names[index]
-            if name is not None and name in kwargs:
-                values.append(kwargs[name])
-                used += 1
-            elif self.defaults[index] is not _EMPTY:
-                values.append(self.defaults[index])
-            else:
-                return None
-        return tuple(values) if used == len(kwargs) else None
+        return bound
 
     def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self.signature is None:
@@ -152,6 +163,20 @@ class KeyBuilder:
         if self.plain:  # the same shape as the fast paths
             return tuple(bound.arguments.values())
         return tuple(bound.arguments.items())
+
+
+def _tail(params: list[inspect.Parameter]) -> tuple[Any, ...] | None:
+    """How keywords fill the parameters after a call's positional arguments: the
+    defaults of those that have one (by name), what takes the values of all of them from
+    a dict of names (an itemgetter; the name itself when there is one), and how many
+    they are. None when a positional-only parameter is left (no keyword may fill it) or
+    none is."""
+    if not params or any(p.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params):
+        return None
+    names = [p.name for p in params]
+    pick = operator.itemgetter(*names) if len(names) > 1 else names[0]
+    defaults = {p.name: p.default for p in params if p.default is not _EMPTY}
+    return (defaults, pick, len(names))
 
 
 def freeze(value: Any) -> Any:

@@ -12,7 +12,9 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
+from opero._cache.hits import backend_async, backend_sync, maybe_await, memory_async, memory_sync
 from opero._cache.keys import (
+    NO_KEY,
     KeyBuilder,
     UnkeyableArgumentsError,
     function_identity,
@@ -23,6 +25,9 @@ from opero._observe.events import CACHE_HIT, NEVER_OBSERVED, CallInfo, Observer
 
 if TYPE_CHECKING:
     from opero._pipeline.options import OperoOptions
+
+Args = tuple[Any, ...]
+Kwargs = dict[str, Any]
 
 BUILTIN_CACHE_BACKENDS = frozenset({"memory", "disk", "redis", "twat"})
 
@@ -52,42 +57,7 @@ class CacheInfo(NamedTuple):
     size: int | None
 
 
-class MemoryBackend:
-    """A bounded LRU (with TTL when given) from cachetools, made safe for threads."""
-
-    def __init__(self, maxsize: int, ttl: float | None) -> None:
-        from cachetools import Cache, LRUCache, TTLCache
-
-        self._entries: Cache[Any, Any] = (
-            TTLCache(maxsize, ttl) if ttl is not None else LRUCache(maxsize)
-        )
-        self._lock = threading.Lock()
-
-    def get(self, key: Any) -> object:
-        with self._lock:
-            return self._entries[key]
-
-    def set(self, key: Any, value: object, ttl: float | None = None) -> None:
-        with self._lock:
-            self._entries[key] = value
-
-    def delete(self, key: Any) -> None:
-        with self._lock:
-            self._entries.pop(key, None)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
-    def __len__(self) -> int:
-        with self._lock:
-            expire = getattr(self._entries, "expire", None)
-            if expire is not None:
-                expire()  # TTLCache counts expired entries until they are purged
-            return len(self._entries)
-
-
-_UNBOUND: Any = object()  # no key (arguments did not bind), or no value found
+_UNBOUND: Any = NO_KEY  # no key (arguments did not bind), or no value found
 MISSING: Any = _UNBOUND  # the same marker, for callers of `CacheStep.key` and `.get`
 
 
@@ -115,7 +85,10 @@ class CacheStep:
     """One decorated function's cache: lookups, single-flight misses, statistics.
 
     `key_of(args, kwargs)` gives the backend key; `freeze` (memory backend only) turns an
-    unhashable key into a hashable one when the first lookup says it is unhashable.
+    unhashable key into a hashable one when the first lookup says it is unhashable;
+    `arity` (memory backend only, -1: none) is how many positional arguments, and no
+    keywords, make a call whose argument tuple is its key (`KeyBuilder.arity`);
+    `in_memory` says the backend is a `MemoryBackend`, whose mirror the hit paths read.
     """
 
     def __init__(
@@ -126,8 +99,12 @@ class CacheStep:
         *,
         freeze: Callable[[Any], Any] | None = None,
         custom_key: bool = False,
+        arity: int = -1,
+        in_memory: bool = False,
     ) -> None:
         self.backend = backend
+        self.arity = arity
+        self.in_memory = in_memory
         self.ttl = ttl
         self.key_of = key_of
         self.freeze = freeze
@@ -141,51 +118,38 @@ class CacheStep:
         self._async_flights: dict[Any, Any] = {}  # key -> asyncio.Future
 
     def wrap_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
-        """`func` behind this cache. The hit path is inlined: it runs on every call."""
-        key_of, get, step, observer = self.key_of, self.backend.get, self, self.observer
-
-        def cached(*args: Any, **kwargs: Any) -> Any:
-            key = _UNBOUND
-            try:
-                key = key_of(args, kwargs)
-                value = get(key)
-            except Exception as exc:
-                problem = exc
-            else:
-                step.hits += 1
-                if observer.on:
-                    observer.emit(CACHE_HIT, CallInfo(observer.function))
-                return value
-            # Outside the except block, so the call's own errors get no cache context.
-            key = step.after_failed_lookup(key, problem)
-            if key is _UNBOUND:
-                return func(*args, **kwargs)
-            return step.miss_sync(func, args, kwargs, key)
-
-        return cached
+        """`func` behind this cache; the hit path, which every call runs, is in hits.py."""
+        if self.in_memory:
+            return memory_sync(self, func)
+        return backend_sync(self, func)
 
     def wrap_async(self, func: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
         """The async twin of `wrap_sync`; backends with `aget`/`aset` are awaited."""
-        key_of, step, backend, observer = self.key_of, self, self.backend, self.observer
+        if self.in_memory:
+            return memory_async(self, func)
+        return backend_async(self, func)
 
-        async def cached(*args: Any, **kwargs: Any) -> Any:
-            key = _UNBOUND
-            try:
-                key = key_of(args, kwargs)
-                value = await _maybe_await(backend, "aget", "get", key)
-            except Exception as exc:
-                problem = exc
-            else:
-                step.hits += 1
-                if observer.on:
-                    observer.emit(CACHE_HIT, CallInfo(observer.function))
-                return value
-            key = step.after_failed_lookup(key, problem)
-            if key is _UNBOUND:
-                return await func(*args, **kwargs)
-            return await step.miss_async(func, args, kwargs, key)
+    def after_lookup_sync(
+        self, func: Callable[..., Any], args: Args, kwargs: Kwargs, key: Any, problem: Exception
+    ) -> Any:
+        """A call whose inlined lookup found nothing: computed once, or called through."""
+        key = self.after_failed_lookup(key, problem)
+        if key is _UNBOUND:
+            return func(*args, **kwargs)
+        return self.miss_sync(func, args, kwargs, key)
 
-        return cached
+    async def after_lookup_async(
+        self,
+        func: Callable[..., Awaitable[Any]],
+        args: Args,
+        kwargs: Kwargs,
+        key: Any,
+        problem: Exception,
+    ) -> Any:
+        key = self.after_failed_lookup(key, problem)
+        if key is _UNBOUND:
+            return await func(*args, **kwargs)
+        return await self.miss_async(func, args, kwargs, key)
 
     def after_failed_lookup(self, key: Any, problem: Exception) -> Any:
         """The key to compute and store under, or `_UNBOUND` to call through uncached.
@@ -214,9 +178,7 @@ class CacheStep:
         _log_cache_problem(self.name, "read", problem)
         return _UNBOUND
 
-    def miss_sync(
-        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], key: Any
-    ) -> Any:
+    def miss_sync(self, func: Callable[..., Any], args: Args, kwargs: Kwargs, key: Any) -> Any:
         while True:
             with self._lock:
                 flight = self._flights.get(key)
@@ -243,9 +205,7 @@ class CacheStep:
             flight.done.set()
         return flight.value
 
-    def _compute_sync(
-        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], key: Any
-    ) -> Any:
+    def _compute_sync(self, func: Callable[..., Any], args: Args, kwargs: Kwargs, key: Any) -> Any:
         value = self.get(key)  # stored meanwhile by another leader, or a frozen key's hit
         if value is not MISSING:
             return value
@@ -254,11 +214,7 @@ class CacheStep:
         return value
 
     async def miss_async(
-        self,
-        func: Callable[..., Awaitable[Any]],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        key: Any,
+        self, func: Callable[..., Awaitable[Any]], args: Args, kwargs: Kwargs, key: Any
     ) -> Any:
         import asyncio
 
@@ -269,7 +225,7 @@ class CacheStep:
         future = loop.create_future()
         self._async_flights[key] = future
         try:
-            value = await _maybe_await(self.backend, "aget", "get", key)
+            value = await maybe_await(self.backend, "aget", "get", key)
         except Exception:
             value = _UNBOUND
         if value is not _UNBOUND:  # a frozen key that is a hit after all
@@ -281,7 +237,7 @@ class CacheStep:
             self.misses += 1
             value = await func(*args, **kwargs)
             try:
-                await _maybe_await(self.backend, "aset", "set", key, value, self.ttl)
+                await maybe_await(self.backend, "aset", "set", key, value, self.ttl)
             except Exception as exc:
                 _log_cache_problem(self.name, "write", exc)
         except asyncio.CancelledError:
@@ -321,7 +277,7 @@ class CacheStep:
     # Lookups by callers that run the function elsewhere (`@opmap`'s parent process);
     # the wrappers above inline the same decisions on their hot path.
 
-    def key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def key(self, args: Args, kwargs: Kwargs) -> Any:
         """The hashable key of a call, or `MISSING` when the call is to run uncached."""
         key = _UNBOUND
         try:
@@ -380,13 +336,6 @@ def _log_cache_problem(name: str, action: str, exc: Exception) -> None:
     )
 
 
-async def _maybe_await(backend: Any, async_name: str, sync_name: str, *args: Any) -> Any:
-    method = getattr(backend, async_name, None)
-    if method is not None:
-        return await method(*args)
-    return getattr(backend, sync_name)(*args)
-
-
 def build_cache_step(func: Callable[..., Any], options: OperoOptions) -> CacheStep:
     """The cache step `options` ask for, for `func` (at decoration)."""
     step = _cache_step(func, options)
@@ -399,9 +348,17 @@ def _cache_step(func: Callable[..., Any], options: OperoOptions) -> CacheStep:
     custom = options.cache_key is not None
     backend = options.cache_backend
     if backend == "memory":
+        from opero._cache.memory import MemoryBackend  # cachetools loads here, not at import
+
         memory = MemoryBackend(options.cache_maxsize, options.cache_ttl)
         return CacheStep(
-            memory, options.cache_ttl, keys.bound, freeze=memory_key, custom_key=custom
+            memory,
+            options.cache_ttl,
+            keys.bound,
+            freeze=memory_key,
+            custom_key=custom,
+            arity=keys.arity,
+            in_memory=True,
         )
     identity = function_identity(func)
     if backend == "disk":
@@ -417,7 +374,7 @@ def _cache_step(func: Callable[..., Any], options: OperoOptions) -> CacheStep:
 
         backend = TwatBackend(options.cache_namespace)
 
-    def portable(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    def portable(args: Args, kwargs: Kwargs) -> str:
         return portable_key(identity, keys.bound(args, kwargs))
 
     return CacheStep(backend, options.cache_ttl, portable, custom_key=custom)
