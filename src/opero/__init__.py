@@ -16,6 +16,7 @@ from opero._decorators.opero import opero
 from opero._decorators.opmap import opmap
 from opero._observe.attempts import current_attempt, current_call_id
 from opero._observe.events import Event, Stats, add_hook, remove_hook
+from opero._results import Err, Ok, Result
 from opero._utils.logging import disable_if_loguru_loaded
 from opero.exceptions import (
     AllFailedError,
@@ -44,10 +45,13 @@ __all__ = [
     "CircuitBreakerOptions",
     "CircuitOpenError",
     "DeadlineExceededError",
+    "Err",
     "Event",
+    "Ok",
     "OperoError",
     "OpmapError",
     "RemoteError",
+    "Result",
     "ResultRejectedError",
     "RetryBudget",
     "RetryPredicateError",

@@ -125,3 +125,19 @@ async def check_modes() -> None:
     assert_type(on_dask.stats(), Stats)
     on_ray.cache_clear()
     assert_type(in_tasks.cache_info(), CacheInfo)
+
+
+async def check_results() -> None:
+    from opero import Err, Ok
+
+    outcome = lookup.result("k")
+    assert_type(outcome, Ok[list[float]] | Err)
+    match outcome:
+        case Ok(value):
+            assert_type(value, list[float])
+        case Err(error):
+            assert_type(error, Exception)
+    if isinstance(outcome, Ok):
+        assert_type(outcome.value, list[float])
+    fetched = await fetch.result("u")
+    assert_type(fetched, Ok[bytes] | Err)

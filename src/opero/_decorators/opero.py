@@ -5,7 +5,7 @@ pipeline builder (`opero._pipeline.build`); see there for the order of the steps
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar, Unpack, overload
 
 from opero._pipeline.build import cache_asked_for, decorate, options_for
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from opero._cache.step import CacheInfo
     from opero._observe.events import Stats
+    from opero._results import Err, Ok
 
 P = ParamSpec("P")
 P2 = ParamSpec("P2")
@@ -25,14 +26,11 @@ S = TypeVar("S")
 T = TypeVar("T")
 
 
-class OperoFunction(Protocol[P, R_co]):
-    """What `@opero` makes of a function: the same call signature, and what it adds.
-
-    Methods bind as functions do (``Client().get(path)``), also under ``@classmethod``
-    and ``@staticmethod`` written above ``@opero``: `__get__` drops the first parameter
-    when the function is reached through an instance (or, for a first parameter typed
-    ``type[...]``, through the class).
-    """
+class BoundOperoFunction(Protocol[P, R_co]):
+    """A decorated method reached through an instance (``client.get``): the call without
+    ``self``, and the function's cache and stats. Not `result` (a bound method passes its
+    attribute lookups to the function, which never sees ``self``): use
+    ``Client.get.result(client, ...)``."""
 
     __name__: str
     __qualname__: str
@@ -53,10 +51,34 @@ class OperoFunction(Protocol[P, R_co]):
 
     def reset_stats(self) -> None: ...
 
+
+class OperoFunction(BoundOperoFunction[P, R_co], Protocol[P, R_co]):
+    """What `@opero` makes of a function: the same call signature, and what it adds.
+
+    Methods bind as functions do (``Client().get(path)``), also under ``@classmethod``
+    written above ``@opero``: `__get__` drops the first parameter when the function is
+    reached through an instance (or, for a first parameter typed ``type[...]``, through
+    the class).
+    """
+
+    @overload
+    def result(  # type: ignore[overload-overlap]  # first match wins: async is awaited
+        self: OperoFunction[P2, Coroutine[Any, Any, T]], *args: P2.args, **kwargs: P2.kwargs
+    ) -> Coroutine[Any, Any, Ok[T] | Err]: ...
+
+    @overload
+    def result(self, *args: P.args, **kwargs: P.kwargs) -> Ok[R_co] | Err: ...
+
+    def result(self, *args: Any, **kwargs: Any) -> Any:
+        """The call, as a value: `Ok(result)`, or `Err(exception)` where the call would
+        raise it (BaseExceptions such as KeyboardInterrupt still propagate). For an async
+        function, ``await fn.result(...)``."""
+        ...
+
     @overload
     def __get__(
         self: OperoFunction[Concatenate[type[S], P2], R_co], instance: None, owner: type[S], /
-    ) -> OperoFunction[P2, R_co]: ...
+    ) -> BoundOperoFunction[P2, R_co]: ...
 
     @overload
     def __get__(self, instance: None, owner: type[Any] | None = None, /) -> Self: ...
@@ -67,7 +89,7 @@ class OperoFunction(Protocol[P, R_co]):
         instance: S,
         owner: type[Any] | None = None,
         /,
-    ) -> OperoFunction[P2, R_co]: ...
+    ) -> BoundOperoFunction[P2, R_co]: ...
 
     @overload
     def __get__(
@@ -75,7 +97,7 @@ class OperoFunction(Protocol[P, R_co]):
         instance: S,
         owner: type[Any] | None = None,
         /,
-    ) -> OperoFunction[P2, R_co]: ...
+    ) -> BoundOperoFunction[P2, R_co]: ...
 
 
 class OperoDecorator(Protocol):

@@ -33,6 +33,7 @@ from opero._policies.retry import RetryPolicy, retry_sync
 if TYPE_CHECKING:
     from opero._policies.budget import BudgetTracker
     from opero._policies.rate_limit import RateLimitStep
+    from opero._results import Err, Ok
     from opero._timeouts.total import TotalTimeout
 
 P = ParamSpec("P")
@@ -169,6 +170,7 @@ ATTACHED = (
     "cache_info",
     "stats",
     "reset_stats",
+    "result",
     "__opero_observer__",
     "__opero_options__",
 )
@@ -191,6 +193,7 @@ def _attach(
     wrapper.cache_info = step.info if step else _no_cache_info
     wrapper.stats = observer.stats
     wrapper.reset_stats = observer.reset_stats
+    wrapper.result = as_result(wrapper)
     wrapper.__opero_observer__ = observer
     # How to build it again in a worker process that cannot import it (spawn, clusters).
     wrapper.__opero_options__ = options
@@ -345,3 +348,27 @@ def build_rate_limit_step(func: Any, options: OperoOptions) -> RateLimitStep:
     # A pause lasts at most as long as the retry step obeys a Retry-After.
     backpressure = options.rate_limit_backpressure
     return RateLimitStep(limiter, backpressure=backpressure, max_pause=options.max_delay)
+
+
+def as_result(call: Callable[..., Any]) -> Callable[..., Any]:
+    """`call` returning `Ok(result)` or `Err(exception)` instead of raising (``fn.result``).
+    Only Exceptions become values: a KeyboardInterrupt or a cancellation propagates."""
+    from opero._results import Err, Ok
+
+    if is_async_callable(call):
+
+        async def async_result(*args: Any, **kwargs: Any) -> Ok[Any] | Err:
+            try:
+                return Ok(await call(*args, **kwargs))
+            except Exception as exc:
+                return Err(exc)
+
+        return async_result
+
+    def result(*args: Any, **kwargs: Any) -> Ok[Any] | Err:
+        try:
+            return Ok(call(*args, **kwargs))
+        except Exception as exc:
+            return Err(exc)
+
+    return result
