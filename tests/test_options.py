@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import opero._pipeline.options as options_module
-from opero import opero
+from opero import opero, opmap
 from opero._pipeline import option_checks
 
 
@@ -147,6 +147,22 @@ def test_max_delay_below_min_delay() -> None:
 def test_unknown_option_is_a_type_error_with_a_suggestion() -> None:
     with pytest.raises(TypeError, match="unknown option 'retires'; did you mean 'retries'"):
         opero(retires=3)  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [
+        ("worker", "workers"),
+        ("chunksiz", "chunksize"),
+        ("start_metod", "start_method"),
+        ("retrun_exceptions", "return_exceptions"),
+        ("retires", "retries"),
+    ],
+)
+def test_opmap_suggests_its_own_options_too(typo: str, meant: str) -> None:
+    # Its own options were taken out before the @opero checks, which knew only theirs.
+    with pytest.raises(TypeError, match=f"unknown option '{typo}'; did you mean '{meant}'"):
+        opmap(**{typo: 2})
 
 
 @pytest.mark.parametrize(

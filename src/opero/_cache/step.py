@@ -321,18 +321,17 @@ class CacheStep:
             try:
                 size = len(self.backend)
             except Exception as exc:  # statistics must not fail when the backend is down
-                _log_cache_problem(self.name, "size", exc)
+                _log_cache_problem(self.name, "size", exc, "size unknown")
         return CacheInfo(self.hits, self.misses, size)
 
 
-def _log_cache_problem(name: str, action: str, exc: Exception) -> None:
+def _log_cache_problem(
+    name: str, action: str, exc: Exception, outcome: str = "calling without the cache"
+) -> None:
     from opero._utils.logging import log
 
     log().warning(
-        "{}(): cache {} failed with {}; calling without the cache",
-        name or "?",
-        action,
-        type(exc).__name__,
+        "{}(): cache {} failed with {}; {}", name or "?", action, type(exc).__name__, outcome
     )
 
 

@@ -134,7 +134,8 @@ def opmap(func: Any = None, /, **options: Any) -> Any:
     """
     own = {name: options.pop(name) for name in list(options) if name in MapSettings._fields}
     settings = map_settings(own)
-    validated = build_options("opmap", options)
+    # A misspelt map option gets its suggestion too (its own were taken out above).
+    validated = build_options("opmap", options, also_known=MapSettings._fields)
     cache_given = cache_asked_for(options)
     if func is None:
         return functools.partial(

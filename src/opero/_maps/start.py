@@ -264,8 +264,9 @@ def _unpicklable_message(
             culprit, error = label, exc
             break
     name = getattr(func, "__qualname__", repr(func))
+    what = f"the function {name}" if culprit == "the function" else f"{culprit} of {name}"
     return (
-        f"opmap(): {culprit} of {name} cannot be sent to the worker processes: "
+        f"opmap(): {what} cannot be sent to the worker processes: "
         f"{type(error).__name__}: {error}. Under the spawn and forkserver start methods the "
         "function (with what it refers to), its options and the map's extra arguments are "
         "pickled once per worker: keep unpicklable objects (locks, open files, clients) "

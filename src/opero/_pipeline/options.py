@@ -84,7 +84,9 @@ class OperoOptions(NamedTuple):
     stats: bool = False
 
 
-def build_options(decorator: str, given: dict[str, Any]) -> OperoOptions:
+def build_options(
+    decorator: str, given: dict[str, Any], also_known: Sequence[str] = ()
+) -> OperoOptions:
     """Check every option in `given` and return the frozen set, defaults filled in.
 
     Raises `TypeError` for an unknown option or a value of the wrong type and `ValueError`
@@ -92,7 +94,7 @@ def build_options(decorator: str, given: dict[str, Any]) -> OperoOptions:
     """
     unknown = [name for name in given if name not in OperoOptions._fields]
     if unknown:
-        raise TypeError(_unknown_option_message(decorator, unknown[0]))
+        raise TypeError(_unknown_option_message(decorator, unknown[0], also_known))
     options = OperoOptions(**given)
     for name, check in CHECKS.items():
         check(f"{decorator}(): {name}", getattr(options, name))
@@ -149,11 +151,11 @@ def _normalized(decorator: str, options: OperoOptions) -> OperoOptions:
     return options._replace(circuit_breaker=breaker, retry_budget=budget)
 
 
-def _unknown_option_message(decorator: str, name: str) -> str:
+def _unknown_option_message(decorator: str, name: str, also_known: Sequence[str]) -> str:
     import difflib
 
     message = f"{decorator}() got an unknown option {name!r}"
-    close = difflib.get_close_matches(name, OperoOptions._fields, n=1)
+    close = difflib.get_close_matches(name, [*OperoOptions._fields, *also_known], n=1)
     return f"{message}; did you mean {close[0]!r}?" if close else message
 
 
