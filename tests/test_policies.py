@@ -1022,3 +1022,47 @@ def test_ctrl_c_while_queued_for_a_slot_does_not_leak_it() -> None:
         slots.acquire_sync(None)
     slots.release()
     assert [slots.try_acquire() for _ in range(2)] == [True, False]
+
+
+class _Throttled(Exception):
+    retry_after = 30.0  # what a server asked for: far past the call's deadline
+
+
+def test_a_wait_past_the_deadline_moves_on_to_the_next_fallback_value() -> None:
+    # The retries of "a" stop (their next wait would end past total_timeout), but the
+    # deadline has not passed: "b" is still tried, and answers.
+    calls: list[str] = []
+
+    @opero(cache=False, retries=2, min_delay=0, total_timeout=5, arg_fallback="model")
+    def complete(prompt: str, model: str | list[str] = ["a", "b"]) -> str:  # noqa: B006
+        assert isinstance(model, str)
+        calls.append(model)
+        if model == "a":
+            raise _Throttled
+        return f"{model}: {prompt}"
+
+    started = time.monotonic()
+    assert complete("hi") == "b: hi"
+    assert calls == ["a", "b"]
+    assert time.monotonic() - started < 2  # no 30 s wait was slept
+
+    calls.clear()
+    with pytest.raises(DeadlineExceededError) as caught:  # the last value: the call ends
+        complete("hi", model=["a", "a"])
+    assert calls == ["a", "a"]
+    assert isinstance(caught.value.__cause__, _Throttled)
+
+
+async def test_a_wait_past_the_deadline_moves_on_to_the_next_value_async() -> None:
+    calls: list[str] = []
+
+    @opero(cache=False, retries=2, min_delay=0, total_timeout=5, arg_fallback="model")
+    async def complete(prompt: str, model: str | list[str] = ["a", "b"]) -> str:  # noqa: B006
+        assert isinstance(model, str)
+        calls.append(model)
+        if model == "a":
+            raise _Throttled
+        return f"{model}: {prompt}"
+
+    assert await complete("hi") == "b: hi"
+    assert calls == ["a", "b"]

@@ -128,6 +128,22 @@ def _check_deadline(policy: RetryPolicy, errors: list[Exception]) -> None:
         raise policy.total.error(None) from errors[-1]
 
 
+def _raise_unless_time_left(
+    exc: DeadlineExceededError, policy: RetryPolicy, index: int, count: int
+) -> None:
+    """A value's retries ended at the call's deadline: the call ends too, unless another
+    value is left and the deadline has not passed (a long Retry-After stopped them)."""
+    remaining = policy.total.remaining() if policy.total is not None else None
+    if index + 1 >= count or remaining is None or remaining <= 0:
+        raise exc
+
+
+def _last_error(exc: DeadlineExceededError) -> Exception:
+    """The value's own last error, which the deadline error is chained from."""
+    cause = exc.__cause__
+    return cause if isinstance(cause, Exception) else exc
+
+
 def _next_value(
     fallback: FallbackParameter,
     policy: RetryPolicy,
@@ -173,8 +189,14 @@ def call_with_fallback_sync(
                 if token is None:  # one correlation id for every value's retries
                     token = own_call(name)
                 return retry_sync(policy, name, func, call_args, call_kwargs, first)
-            except (RetryPredicateError, DeadlineExceededError):
-                raise  # a bug in a predicate, or the call's time is up: no next value
+            except RetryPredicateError:
+                raise  # a bug in a predicate: no next value
+            except DeadlineExceededError as exc:
+                # The retries stopped because their next wait would pass the deadline;
+                # with time left, the next value is still tried.
+                _raise_unless_time_left(exc, policy, index, len(values))
+                errors.append(_last_error(exc))
+                _next_value(fallback, policy, info, index, len(values), errors)
             except Exception as exc:
                 errors.append(exc)
                 _next_value(fallback, policy, info, index, len(values), errors)
@@ -212,8 +234,14 @@ async def call_with_fallback_async(
                 if token is None:
                     token = own_call(name)
                 return await retry_async(policy, name, func, call_args, call_kwargs, first)
-            except (RetryPredicateError, DeadlineExceededError):
-                raise
+            except RetryPredicateError:
+                raise  # a bug in a predicate: no next value
+            except DeadlineExceededError as exc:
+                # The retries stopped because their next wait would pass the deadline;
+                # with time left, the next value is still tried.
+                _raise_unless_time_left(exc, policy, index, len(values))
+                errors.append(_last_error(exc))
+                _next_value(fallback, policy, info, index, len(values), errors)
             except Exception as exc:
                 errors.append(exc)
                 _next_value(fallback, policy, info, index, len(values), errors)
