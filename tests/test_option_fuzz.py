@@ -44,6 +44,10 @@ def mostly(valid: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     return st.one_of(valid, valid, valid, NUMBERS)
 
 
+def backup(x: int, model: tuple[str, ...] = ("a", "b")) -> int:
+    return x
+
+
 OPTIONS: dict[str, st.SearchStrategy[Any]] = {
     "cache": st.one_of(st.booleans(), NUMBERS),
     "cache_ttl": mostly(DURATIONS),
@@ -60,6 +64,7 @@ OPTIONS: dict[str, st.SearchStrategy[Any]] = {
     ),
     "jitter": st.one_of(st.booleans(), NUMBERS),
     "arg_fallback": st.sampled_from([None, "model", "model", "missing", 1, ""]),
+    "fallback": st.sampled_from([None, backup, [backup], [], "backup", 1]),
     "rate_limit": mostly(st.floats(1e-8, 1e12)),
     "rate_limit_backend": st.sampled_from(["local", "local", "bogus", 1]),
     "rate_limit_key": st.sampled_from([None, None, "key", "", 1]),

@@ -78,17 +78,24 @@ def returns_none(func: Any) -> bool:
     return annotation is None or annotation is type(None) or annotation == "None"
 
 
-def decorate(func: Callable[P, R], options: OperoOptions) -> Callable[P, R]:
-    """Wrap `func` in the pipeline `options` describe (options already validated)."""
+def decorate(
+    func: Callable[P, R], options: OperoOptions, *, deadline: TotalTimeout | None = None
+) -> Callable[P, R]:
+    """Wrap `func` in the pipeline `options` describe (options already validated).
+
+    `deadline`: a fallback function's, the call's own deadline (it is set as the call
+    enters, so this pipeline only obeys it)."""
     if isinstance(func, classmethod | staticmethod):
         # `@opero` written above `@classmethod`/`@staticmethod`: wrap the function inside.
         inner = cast(Callable[P, R], func.__func__)
-        return cast(Callable[P, R], type(func)(decorate(inner, options)))
+        return cast(Callable[P, R], type(func)(decorate(inner, options, deadline=deadline)))
     if not callable(func):
         raise TypeError(f"opero() decorates a function, got {func!r}")
     name = display_name(func)
     is_async = is_async_callable(func)
     total, budget = _call_policies(options, name)
+    if deadline is not None:
+        total = deadline
     fallback = FallbackParameter(func, options.arg_fallback, name) if options.arg_fallback else None
     observer = Observer(name, _hooks(options.on_event), stats=options.stats)
     attempt, extras = _attempt_steps(func, options, name, fallback, total, observer)
@@ -100,7 +107,12 @@ def decorate(func: Callable[P, R], options: OperoOptions) -> Callable[P, R]:
     observer.pipeline = observed_calls(observed, observer, is_async=is_async)
     policy = RetryPolicy(options, total, budget)
     wrapper = _first_attempt(attempt, extras, policy, fallback, observer, is_async=is_async)
-    if total is not None:
+    if options.fallback:
+        from opero._pipeline.chain import build_chain
+
+        chain = build_chain(func, options, total, observer, is_async=is_async)
+        wrapper = chain.wrap_async(wrapper) if is_async else chain.wrap_sync(wrapper)
+    if total is not None and deadline is None:
         # The deadline is set as the call enters, before the first fallback value.
         wrapper = total.wrap_async(wrapper) if is_async else total.wrap_sync(wrapper)
     step = build_cache_step(func, options) if options.cache else None
@@ -111,7 +123,8 @@ def decorate(func: Callable[P, R], options: OperoOptions) -> Callable[P, R]:
         wrapper = step.wrap_async(wrapper) if is_async else step.wrap_sync(wrapper)
     functools.update_wrapper(wrapper, func)
     # Nothing around a sync first attempt but the retries: @opmap may call `func` itself.
-    bare = attempt is func and not (is_async or fallback or budget or total or step)
+    alternates = options.fallback
+    bare = attempt is func and not (is_async or fallback or budget or total or step or alternates)
     direct = Direct(func, functools.partial(retry_sync, policy, name, func), observer)
     extras["total"] = total
     _attach(wrapper, options, observer, step, extras, direct if bare else None)

@@ -125,6 +125,19 @@ def _retry_on(where: str, value: object) -> None:
         )
 
 
+def _fallback_functions(where: str, value: object) -> None:
+    # Whether each takes the function's arguments is for the call to tell: sync or async
+    # must match, which `decorate` checks.
+    if value is None or callable(value):
+        return
+    if isinstance(value, list | tuple) and value and all(callable(f) for f in value):
+        return
+    raise TypeError(
+        f"{where} must be a function, or a non-empty list of functions to try in order "
+        f"after the function itself failed, got {value!r}"
+    )
+
+
 def _arg_fallback(where: str, value: object) -> None:
     # Whether it names a parameter is checked against the function's signature.
     if value is not None and not isinstance(value, str):
@@ -225,6 +238,7 @@ CHECKS: dict[str, Callable[[str, Any], None]] = {
     "retry_on": _retry_on,
     "jitter": _bool,
     "arg_fallback": _arg_fallback,
+    "fallback": _fallback_functions,
     "rate_limit": _rate_limit,
     "rate_limit_backend": _rate_limit_backend,
     "rate_limit_key": _non_empty_str_or_none,

@@ -35,6 +35,7 @@ class OperoKwargs(TypedDict, total=False):
     retry_on: RetryOn
     jitter: bool
     arg_fallback: str | None
+    fallback: Callable[..., Any] | Sequence[Callable[..., Any]] | None
     rate_limit: float | None
     rate_limit_backend: str
     rate_limit_key: str | None
@@ -66,6 +67,8 @@ class OperoOptions(NamedTuple):
     retry_on: RetryOn = Exception
     jitter: bool = True
     arg_fallback: str | None = None
+    # After build_options: a tuple of functions, or None.
+    fallback: Callable[..., Any] | Sequence[Callable[..., Any]] | None = None
     rate_limit: float | None = None
     rate_limit_backend: str = "local"
     rate_limit_key: str | None = None
@@ -148,7 +151,12 @@ def _normalized(decorator: str, options: OperoOptions) -> OperoOptions:
             budget = RetryBudget(ratio=float(budget))
         except ValueError as exc:
             raise ValueError(f"{decorator}(): retry_budget: {exc}") from None
-    return options._replace(circuit_breaker=breaker, retry_budget=budget)
+    alternates = options.fallback
+    if callable(alternates):
+        alternates = (alternates,)
+    elif alternates is not None:
+        alternates = tuple(alternates)
+    return options._replace(circuit_breaker=breaker, retry_budget=budget, fallback=alternates)
 
 
 def _unknown_option_message(decorator: str, name: str, also_known: Sequence[str]) -> str:
