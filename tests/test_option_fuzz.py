@@ -65,6 +65,7 @@ OPTIONS: dict[str, st.SearchStrategy[Any]] = {
     "jitter": st.one_of(st.booleans(), NUMBERS),
     "arg_fallback": st.sampled_from([None, "model", "model", "missing", 1, ""]),
     "fallback": st.sampled_from([None, backup, [backup], [], "backup", 1]),
+    "hedge_after": st.sampled_from([None, None, 0.5, [0.1, 1], [], -1, "soon"]),
     "rate_limit": mostly(st.floats(1e-8, 1e12)),
     "rate_limit_backend": st.sampled_from(["local", "local", "bogus", 1]),
     "rate_limit_key": st.sampled_from([None, None, "key", "", 1]),

@@ -46,6 +46,9 @@ BREAKER_CLOSED = "breaker_closed"
 RETRY_SCHEDULED = "retry_scheduled"
 RETRY_BUDGET_EXHAUSTED = "retry_budget_exhausted"
 FALLBACK_SWITCHED = "fallback_switched"
+# hedge_after: the next fallback value started beside a slow one; a value won the race.
+HEDGE_STARTED = "hedge_started"
+HEDGE_WON = "hedge_won"
 DEADLINE_EXCEEDED = "deadline_exceeded"
 GAVE_UP = "gave_up"
 CALL_SUCCEEDED = "call_succeeded"
@@ -69,6 +72,8 @@ EVENT_KINDS = (
     RETRY_SCHEDULED,
     RETRY_BUDGET_EXHAUSTED,
     FALLBACK_SWITCHED,
+    HEDGE_STARTED,
+    HEDGE_WON,
     DEADLINE_EXCEEDED,
     GAVE_UP,
     CALL_SUCCEEDED,

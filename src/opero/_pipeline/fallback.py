@@ -24,7 +24,15 @@ _NO_DEFAULT: Any = inspect.Parameter.empty
 class FallbackParameter:
     """The parameter named by `arg_fallback`, located in one function's signature."""
 
-    __slots__ = ("default", "function_name", "keyword", "name", "position", "positional_defaults")
+    __slots__ = (
+        "default",
+        "function_name",
+        "hedge",
+        "keyword",
+        "name",
+        "position",
+        "positional_defaults",
+    )
 
     def __init__(self, func: Callable[..., Any], name: str, function_name: str) -> None:
         try:
@@ -47,6 +55,9 @@ class FallbackParameter:
             )
         self.name = name
         self.function_name = function_name
+        # hedge_after: seconds (or a schedule) before the next value starts beside a
+        # slow one (opero._pipeline.hedge); None: one value at a time.
+        self.hedge: float | Sequence[float] | None = None
         self.default = found.default
         self.keyword = found.kind is not found.POSITIONAL_ONLY
         positional = found.kind in (found.POSITIONAL_ONLY, found.POSITIONAL_OR_KEYWORD)
@@ -95,7 +106,7 @@ class FallbackParameter:
         return (*args, *filler, value), kwargs
 
 
-def _all_failed(fallback: FallbackParameter, errors: list[Exception]) -> AllFailedError:
+def all_failed(fallback: FallbackParameter, errors: list[Exception]) -> AllFailedError:
     count = len(errors)
     noun = "value" if count == 1 else "values"
     log().warning(
@@ -169,6 +180,10 @@ def call_with_fallback_sync(
     kwargs: dict[str, Any],
 ) -> R:
     """Try each fallback value with its own retries; `AllFailedError` if all fail."""
+    if fallback.hedge is not None:
+        from opero._pipeline.hedge import call_hedged_sync
+
+        return call_hedged_sync(fallback, policy, func, args, kwargs)  # type: ignore[no-any-return]
     values = fallback.values(args, kwargs)
     if policy.budget is not None:
         policy.budget.record_call()  # one deposit per call, not per value
@@ -200,7 +215,7 @@ def call_with_fallback_sync(
             except Exception as exc:
                 errors.append(exc)
                 _next_value(fallback, policy, info, index, len(values), errors)
-        raise _all_failed(fallback, errors)
+        raise all_failed(fallback, errors)
     finally:
         if token is not None:
             current_call.reset(token)
@@ -214,6 +229,10 @@ async def call_with_fallback_async(
     kwargs: dict[str, Any],
 ) -> R:
     """The async twin of `call_with_fallback_sync`."""
+    if fallback.hedge is not None:
+        from opero._pipeline.hedge import call_hedged_async
+
+        return await call_hedged_async(fallback, policy, func, args, kwargs)  # type: ignore[no-any-return]
     values = fallback.values(args, kwargs)
     if policy.budget is not None:
         policy.budget.record_call()
@@ -245,7 +264,7 @@ async def call_with_fallback_async(
             except Exception as exc:
                 errors.append(exc)
                 _next_value(fallback, policy, info, index, len(values), errors)
-        raise _all_failed(fallback, errors)
+        raise all_failed(fallback, errors)
     finally:
         if token is not None:
             current_call.reset(token)

@@ -138,6 +138,20 @@ def _fallback_functions(where: str, value: object) -> None:
     )
 
 
+def _hedge_after(where: str, value: object) -> None:
+    # Seconds before the next value starts beside a slow one; a list gives one delay per
+    # value (the last one for the rest).
+    if value is None:
+        return
+    if isinstance(value, list | tuple):
+        if not value:
+            raise ValueError(f"{where} must not be an empty list")
+        for delay in value:
+            _seconds(where, delay, low_inclusive=True)
+        return
+    _seconds(where, value, low_inclusive=True)
+
+
 def _arg_fallback(where: str, value: object) -> None:
     # Whether it names a parameter is checked against the function's signature.
     if value is not None and not isinstance(value, str):
@@ -239,6 +253,7 @@ CHECKS: dict[str, Callable[[str, Any], None]] = {
     "jitter": _bool,
     "arg_fallback": _arg_fallback,
     "fallback": _fallback_functions,
+    "hedge_after": _hedge_after,
     "rate_limit": _rate_limit,
     "rate_limit_backend": _rate_limit_backend,
     "rate_limit_key": _non_empty_str_or_none,

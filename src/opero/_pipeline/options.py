@@ -36,6 +36,7 @@ class OperoKwargs(TypedDict, total=False):
     jitter: bool
     arg_fallback: str | None
     fallback: Callable[..., Any] | Sequence[Callable[..., Any]] | None
+    hedge_after: float | Sequence[float] | None
     rate_limit: float | None
     rate_limit_backend: str
     rate_limit_key: str | None
@@ -69,6 +70,8 @@ class OperoOptions(NamedTuple):
     arg_fallback: str | None = None
     # After build_options: a tuple of functions, or None.
     fallback: Callable[..., Any] | Sequence[Callable[..., Any]] | None = None
+    # After build_options: seconds, a tuple of them, or None.
+    hedge_after: float | Sequence[float] | None = None
     rate_limit: float | None = None
     rate_limit_backend: str = "local"
     rate_limit_key: str | None = None
@@ -126,6 +129,11 @@ def build_options(
             f"{decorator}(): max_concurrency_wait ({options.max_concurrency_wait!r}) needs "
             "max_concurrency (the most calls in flight at once)"
         )
+    if options.hedge_after is not None and options.arg_fallback is None:
+        raise ValueError(
+            f"{decorator}(): hedge_after ({options.hedge_after!r}) starts the next "
+            "arg_fallback value beside a slow one: it needs arg_fallback"
+        )
     if options.max_delay < options.min_delay:
         raise ValueError(
             f"{decorator}(): max_delay ({options.max_delay!r}) must not be less than "
@@ -156,7 +164,12 @@ def _normalized(decorator: str, options: OperoOptions) -> OperoOptions:
         alternates = (alternates,)
     elif alternates is not None:
         alternates = tuple(alternates)
-    return options._replace(circuit_breaker=breaker, retry_budget=budget, fallback=alternates)
+    hedge = options.hedge_after
+    if hedge is not None and not isinstance(hedge, int | float):
+        hedge = tuple(float(delay) for delay in hedge)
+    return options._replace(
+        circuit_breaker=breaker, retry_budget=budget, fallback=alternates, hedge_after=hedge
+    )
 
 
 def _unknown_option_message(decorator: str, name: str, also_known: Sequence[str]) -> str:
