@@ -27,6 +27,7 @@ from opero import (
     ResultRejectedError,
     RetryBudget,
     RetryPredicateError,
+    current_attempt,
     opero,
 )
 from opero._timeouts.threads import abandoned_attempts
@@ -1066,3 +1067,34 @@ async def test_a_wait_past_the_deadline_moves_on_to_the_next_value_async() -> No
 
     assert await complete("hi") == "b: hi"
     assert calls == ["a", "b"]
+
+
+def test_an_attempt_left_behind_by_an_interrupt_is_counted_as_abandoned() -> None:
+    # Ctrl-C (or an outer timeout) while the caller waits for a handed-off attempt: the
+    # attempt goes on on its thread, so it is abandoned like one that timed out.
+    from opero._timeouts import threads
+
+    release = threading.Event()
+    seen: list[int | None] = []
+
+    @opero(cache=False, retries=0, timeout=5)
+    def slow() -> str:
+        release.wait(5)
+        seen.append(current_attempt())
+        return "late"
+
+    def interrupted_wait(lock: Any, seconds: float) -> bool:
+        raise KeyboardInterrupt
+
+    before = abandoned_attempts()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(threads, "acquire_within", interrupted_wait)
+        with pytest.raises(KeyboardInterrupt):
+            slow()
+    assert abandoned_attempts() == before + 1
+    release.set()
+    for _ in range(100):
+        if seen:
+            break
+        time.sleep(0.01)
+    assert seen == [1]  # the number it was made as, though the caller has gone

@@ -39,6 +39,8 @@ def check_attributes() -> None:
     assert_type(fetch.cache_info(), CacheInfo)
     name: str = lookup.__name__
     del name
+    original = lookup.__wrapped__  # functools.wraps keeps it (the contract, API.md)
+    del original
     # Still usable wherever the plain function's type is expected.
     plain: Callable[[str], list[float]] = lookup
     del plain

@@ -34,6 +34,7 @@ class BoundOperoFunction(Protocol[P, R_co]):
 
     __name__: str
     __qualname__: str
+    __wrapped__: Callable[..., Any]  # the function as written
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
 

@@ -94,17 +94,13 @@ class _ThreadRunner:
             ).start()
         inbox.put(job)
         try:
-            if not acquire_within(job.done, limit):
-                with self._lock:
-                    abandoned = job.abandoned = not job.finished
-                    if abandoned:  # tells the thread nobody waits any more
-                        self.abandoned += 1
-                if abandoned:
-                    # The caller's frames move on once it raises: the attempt number
-                    # they hold now is kept first, for current_attempt() on the thread.
-                    job.attempt = attempts.attempt_at(job.caller)
-                    job.attempt_kept = True
-                    raise step.error(limit)
+            try:
+                done = acquire_within(job.done, limit)
+            except BaseException:  # Ctrl-C or an outer timeout while waiting
+                self._abandon(job)
+                raise
+            if not done and self._abandon(job):
+                raise step.error(limit)
         finally:
             job.caller = None
         error = job.error
@@ -112,6 +108,19 @@ class _ThreadRunner:
             job.error = None  # no cycle through the traceback
             raise error
         return job.result
+
+    def _abandon(self, job: _Job) -> bool:
+        """Nobody waits for `job` any more: tell its thread, count it, and keep its
+        attempt number for current_attempt() there (the caller's frames move on once it
+        raises). False if it finished meanwhile (its outcome is then the caller's)."""
+        with self._lock:
+            abandoned = job.abandoned = not job.finished
+            if abandoned:
+                self.abandoned += 1
+        if abandoned:
+            job.attempt = attempts.attempt_at(job.caller)
+            job.attempt_kept = True
+        return abandoned
 
     def _serve(self, inbox: queue.SimpleQueue[_Job]) -> None:
         while True:
