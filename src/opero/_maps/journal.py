@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import gc
 import hashlib
 import os
 import pickle
@@ -46,6 +47,9 @@ VERSION = 1
 _FRAME = struct.Struct("<II")  # payload length, CRC-32 of the payload
 FSYNC_EVERY = 1.0  # seconds: how much a power cut may lose, against an fsync per chunk
 MISSING: Any = object()
+# Pickles up to this long are kept as they are: making a hash object costs more (0.7 us)
+# than an item recorded alone (async mode, the parent-side cache) should.
+_EXACT = 48
 
 
 class Entry(NamedTuple):
@@ -64,6 +68,8 @@ def digest_of(items: list[Any]) -> bytes | None:
         data = pickle.dumps(items, pickle.HIGHEST_PROTOCOL)
     except Exception:
         return None
+    if len(data) <= _EXACT:  # a lone small item is its own fingerprint: no hash to make
+        return data
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
@@ -96,17 +102,28 @@ class Journal:
         self.path = path
         self.records: dict[tuple[int, int], Entry] = {}
         self.longest: dict[int, int] = {}  # start -> the longest record's count there
+        # Items recorded alone and done, index -> (digest, value): a dict of tuples loads
+        # fast for a million of them (async mode records every item alone).
+        self.singles: dict[int, bytes] = {}
+        self.values: dict[int, Any] = {}
         self.pending: list[tuple[Any, ...]] = []
         self.waiting: dict[int, bytes | None] = {}  # cache-path duplicates: their digest
         self._synced = time.monotonic()
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o600)
+        collecting = gc.isenabled()
         try:
             _lock(self.fd, path)
+            # A million records are millions of new objects: collections while they are
+            # made would walk them over and over (loading took 4x as long).
+            gc.disable()
             self._load(call)
         except BaseException:
             os.close(self.fd)
             raise
+        finally:
+            if collecting:
+                gc.enable()
         self.starts = sorted(self.longest)
 
     def _load(self, call: str) -> None:
@@ -129,6 +146,13 @@ class Journal:
             os.ftruncate(self.fd, end)  # cut a torn last frame off before appending
         for entries in payloads[1:]:
             for start, count, digest, values, failed in entries:
+                if count == 1:
+                    if failed:
+                        self.singles.pop(start, None)
+                    else:
+                        self.singles[start], self.values[start] = digest, values[0]
+                    if start in self.longest:  # a chunk's failed item that ran alone
+                        continue
                 self.records[start, count] = Entry(count, digest, values, frozenset(failed))
                 if count > self.longest.get(start, 0):
                     self.longest[start] = count
@@ -157,10 +181,9 @@ class Journal:
 
     def single(self, index: int, digest: bytes | None) -> Any:
         """The recorded value of item `index` alone, or MISSING."""
-        entry = self.records.get((index, 1))
-        if entry is None or digest is None or entry.digest != digest or entry.failed:
+        if digest is None or self.singles.get(index) != digest:
             return MISSING
-        return entry.values[0]
+        return self.values[index]
 
     # --- what finishes -------------------------------------------------------------------
 
