@@ -8,6 +8,7 @@ per-item `@opero` options, and hands the function to the map machinery
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
 from typing import (
     TYPE_CHECKING,
@@ -47,6 +48,7 @@ class OpmapKwargs(OperoKwargs, total=False):
     client: Any
     address: str | None
     start_method: Literal["fork", "forkserver", "spawn"] | None
+    resume: str | os.PathLike[str] | None
 
 
 class Mapper(Protocol[T_contra, P, R]):

@@ -20,15 +20,20 @@ from collections.abc import (
     Iterator,
     Sequence,
 )
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from opero._cache.step import MISSING
+from opero._maps.journal import MISSING as NOT_DONE
+from opero._maps.journal import digest_of
 from opero._maps.pool import TICK, Engine
 from opero._maps.worker import (
     Outcome,
     UnsendableError,
 )
 from opero.exceptions import WorkerCrashedError
+
+if TYPE_CHECKING:
+    from opero._maps.journal import Journal
 
 MAX_CHUNK = 1024  # items in a chunk of a stream
 # Items in a chunk of an input of known length: before any chunk was measured (with 4
@@ -122,6 +127,8 @@ class _Chunk(NamedTuple):
     items: list[Any]
     keys: list[Any] | None  # cache keys (process mode), MISSING where uncached; None: no cache
     resent: bool = False  # sent again, item alone, after its task failed as a whole
+    # resume=: the items' digest (a run of them), or one per item (taken one by one)
+    digest: bytes | list[bytes | None] | None = None
 
 
 class Dispatcher:
@@ -139,6 +146,7 @@ class Dispatcher:
         low: Callable[[], int] | None = None,
         depth: int = 2,
         deliver: Callable[[list[Any]], None] | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.engine = engine
         # Where the events a process worker sent back with a chunk go (the parent's
@@ -147,6 +155,7 @@ class Dispatcher:
         self.sizer = sizer
         self.limit = depth * workers
         self.cache = cache
+        self.journal = journal  # resume=: what finished before, and where to record
         # For an ordered stream: the next index its consumer waits for. Results that
         # finish ahead of it wait in the consumer's memory, so no chunk is taken that
         # would reach further ahead than the in-flight bound (`depth` chunks per
@@ -197,7 +206,7 @@ class Dispatcher:
             if self.redo:
                 chunk = self.redo.popleft()
             elif self.cache is None:
-                chunk = self._slice()
+                chunk = self._slice() if self.journal is None else (yield from self._resume())
                 if not chunk.items:
                     continue
             else:
@@ -232,39 +241,85 @@ class Dispatcher:
         low, size = self.low, self.sizer.size
         return low is not None and self.taken + size - low() > self.limit * size
 
-    def _slice(self) -> _Chunk:
+    def _slice(self, size: int | None = None) -> _Chunk:
         """The next run of items, sliced off the input at C speed (no cache)."""
-        size, start = self.sizer.size, self.taken
+        size, start = size or self.sizer.size, self.taken
         items = list(itertools.islice(self.items, size))
         self.taken = start + len(items)
         if len(items) < size:
             self.exhausted = True
         return _Chunk(range(start, self.taken), items, None)
 
+    def _resume(self) -> Generator[Batch, None, _Chunk]:
+        """The next chunk to run under `resume=`; yields what the journal has done.
+
+        Chunks are cut at the journal's recorded boundaries, so that the same items give
+        the same digest; a recorded run whose items are unchanged is served, but for its
+        failed items, which run again (each alone, as a crashed chunk's items do)."""
+        journal = self.journal
+        assert journal is not None
+        while not self.exhausted:
+            start = self.taken
+            entry = journal.at(start)
+            chunk = self._slice(entry.size if entry else journal.room(start, self.sizer.size))
+            digest = digest_of(chunk.items)
+            if entry is None or digest != entry.digest or digest is None:
+                return chunk._replace(digest=digest)
+            done = [offset for offset in range(entry.size) if offset not in entry.failed]
+            if len(done) == entry.size:
+                yield Batch(chunk.indices, entry.values, {})
+                continue
+            if done:
+                yield Batch([start + o for o in done], [entry.values[o] for o in done], {})
+            for offset in sorted(entry.failed):
+                item, index = chunk.items[offset], start + offset
+                one = digest_of([item])
+                value = journal.single(index, one)
+                if value is not NOT_DONE:  # it ran again, alone, and succeeded
+                    yield Batch([index], [value], {})
+                else:
+                    self.redo.append(_Chunk(range(index, index + 1), [item], None, digest=one))
+        return _Chunk(range(self.taken, self.taken), [], None)
+
     def _take(self) -> Generator[Batch, None, _Chunk]:
         """The next chunk, item by item through the cache; yields the hits met."""
         cache, size = self.cache, self.sizer.size
         assert cache is not None
+        journal = self.journal
         indices: list[int] = []
         items: list[Any] = []
         keys: list[Any] = []
+        digests: list[bytes | None] | None = None if journal is None else []
         for index, item in self.source:
             self.taken = index + 1
+            one = None
+            if journal is not None:  # resume=: items taken one by one are recorded so
+                one = digest_of([item])
+                done = journal.single(index, one)
+                if done is not NOT_DONE:
+                    yield Batch([index], [done], {})
+                    continue
             verdict, value = cache.lookup(item)
             if verdict in {"hit", "fail"}:
                 ok = verdict == "hit"
+                if ok and journal is not None:
+                    journal.add([index], [one], [value], {})
                 yield Batch([index], [value if ok else None], {} if ok else {0: value})
                 continue
             if verdict == "wait":
                 cache.waiting[value].append(index)
+                if journal is not None:
+                    journal.waiting[index] = one
                 continue
             indices.append(index)
             items.append(item)
             keys.append(value)  # MISSING when uncached
+            if digests is not None:
+                digests.append(one)
             if len(items) >= size:
-                return _Chunk(indices, items, keys)
+                return _Chunk(indices, items, keys, digest=digests)
         self.exhausted = True
-        return _Chunk(indices, items, keys)
+        return _Chunk(indices, items, keys, digest=digests)
 
     def _outcome(self, chunk: _Chunk, answer: Any) -> Outcome:
         if isinstance(answer, BaseException):  # the engine failed the chunk as a whole
@@ -291,14 +346,24 @@ class Dispatcher:
 
     def _split(self, chunk: _Chunk, *, resent: bool) -> None:
         """Send the chunk's items again, each in a chunk of its own."""
+        journal, digests = self.journal, chunk.digest
         for offset, (index, item) in enumerate(zip(chunk.indices, chunk.items, strict=True)):
             # A cache key may be anything the user's cache_key returns, None too.
             keys = None if chunk.keys is None else [chunk.keys[offset]]
-            self.redo.append(_Chunk(range(index, index + 1), [item], keys, resent))
+            digest: bytes | list[bytes | None] | None = None
+            if isinstance(digests, list):
+                digest = [digests[offset]]
+            elif journal is not None:  # alone now: recorded alone
+                digest = digest_of([item])
+            self.redo.append(_Chunk(range(index, index + 1), [item], keys, resent, digest))
 
     def _settle(self, chunk: _Chunk, outcome: Outcome) -> Iterator[Batch]:
         if outcome.events and self.deliver is not None:  # before the results, as in-process
             self.deliver(outcome.events)
+        journal = self.journal
+        if journal is not None:  # written before the results go on: a kill loses none
+            journal.add(chunk.indices, chunk.digest, outcome.results, outcome.failures)
+            journal.flush()
         yield Batch(chunk.indices, outcome.results, outcome.failures)
         cache = self.cache
         if cache is None or chunk.keys is None:
@@ -309,6 +374,10 @@ class Dispatcher:
             ok = offset not in outcome.failures
             value = outcome.results[offset] if ok else outcome.failures[offset]
             others = cache.settle(key, ok, value)
+            if others and journal is not None and ok:
+                digests = [journal.waiting.pop(index, None) for index in others]
+                journal.add(others, digests, [value] * len(others), {})
+                journal.flush()
             if others:
                 count = len(others)
                 yield Batch(

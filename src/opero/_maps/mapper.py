@@ -8,8 +8,8 @@ item's result.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import inspect
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from opero._cache.step import build_cache_step
 from opero._maps.settings import CLUSTER_MODES, MapSettings
+from opero._maps.signature import check_items, mapper_signature
 from opero._pipeline.build import decorate, display_name, is_async_callable, options_for
 from opero._pipeline.direct import direct_of
 from opero._pipeline.options import OperoOptions
@@ -30,6 +31,7 @@ from opero.exceptions import OpmapError
 
 if TYPE_CHECKING:
     from opero._maps.dispatch import Batch
+    from opero._maps.journal import Journal
     from opero._maps.progress import Progress
 
 
@@ -70,6 +72,21 @@ class _Map:
             self.pipeline = decorate(func, options)
         # Pool workers (process and thread mode) may call tiny items' function directly.
         self.direct = direct_of(self.pipeline)
+        self.identity = ""
+        if settings.resume is not None:
+            from opero._maps.journal import identity_of
+
+            self.identity = identity_of(func, settings.resume)
+
+    def journal(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> contextlib.AbstractContextManager[Journal | None]:
+        """resume=: this call's journal, open (and locked) for the map; else None."""
+        if self.settings.resume is None:
+            return contextlib.nullcontext()
+        from opero._maps.journal import open_journal
+
+        return open_journal(self.settings.resume, self.identity, self.name, args, kwargs)
 
     def start_method(self) -> str:
         from opero._maps.start import default_start_method
@@ -155,9 +172,12 @@ class _Map:
         # observer of the same pipeline delivers them to the parent's hooks.
         observer = getattr(self.pipeline, "__opero_observer__", None)
         deliver = observer.deliver if mode == "process" and observer is not None else None
-        with engines as engine:
+        # The journal first: a map whose journal is in use starts no worker.
+        with self.journal(args, kwargs) as journal, engines as engine:
             sizer = ChunkSizer(workers, total, self.settings.chunksize, engine.target)
-            yield from Dispatcher(engine, items, sizer, workers, cache, low, depth, deliver)
+            yield from Dispatcher(
+                engine, items, sizer, workers, cache, low, depth, deliver, journal
+            )
 
     def aoutcomes(
         self,
@@ -168,13 +188,20 @@ class _Map:
     ) -> AsyncGenerator[Batch]:
         from opero._maps.tasks import dispatch_async
 
-        return dispatch_async(self.pipeline, items, args, kwargs, self.workers(items), low)
+        if self.settings.resume is None:
+            return dispatch_async(self.pipeline, items, args, kwargs, self.workers(items), low)
+        from opero._maps.tasks import dispatch_resumed
+
+        journal = self.journal(args, kwargs)
+        return dispatch_resumed(
+            journal, self.pipeline, items, args, kwargs, self.workers(items), low
+        )
 
     def begin(self, items: Any) -> Progress:
         """A map of `items` starts: they are checked, and its progress bar made."""
         from opero._maps.progress import Progress
 
-        _check_items(self.name, items)
+        check_items(self.name, items)
         return Progress(self.settings.progress, _length(items), self.name)
 
     def collect(self, batches: list[Batch]) -> list[Any]:
@@ -276,7 +303,7 @@ def build_mapper(
     else:
         wrapper = _sync_wrappers(state)
     functools.update_wrapper(wrapper, func)
-    wrapper.__signature__ = _mapper_signature(func)
+    wrapper.__signature__ = mapper_signature(func)
     step = state.cache_step
     wrapper.cache_clear = step.clear if step else state.pipeline.cache_clear
     wrapper.cache_info = step.info if step else state.pipeline.cache_info
@@ -285,44 +312,6 @@ def build_mapper(
     wrapper.stats = state.pipeline.stats
     wrapper.reset_stats = state.pipeline.reset_stats
     return wrapper
-
-
-def _mapper_signature(func: Callable[..., Any]) -> inspect.Signature | None:
-    """What the caller calls: ``(items, /, <the function's other parameters>)``, not the
-    per-item signature that `inspect.signature` would find through ``__wrapped__``."""
-    try:
-        signature = inspect.signature(func)
-    except (TypeError, ValueError):
-        return None
-    parameters = list(signature.parameters.values())
-    rest = parameters
-    annotation: Any = inspect.Parameter.empty
-    if parameters and parameters[0].kind is not inspect.Parameter.VAR_POSITIONAL:
-        first, rest = parameters[0], parameters[1:]
-        if first.annotation is not inspect.Parameter.empty:
-            item = first.annotation
-            annotation = f"Iterable[{item}]" if isinstance(item, str) else Iterable[item]  # type: ignore[valid-type]
-    items = inspect.Parameter("items", inspect.Parameter.POSITIONAL_ONLY, annotation=annotation)
-    result = signature.return_annotation
-    if result is not inspect.Signature.empty:
-        result = f"list[{result}]" if isinstance(result, str) else list[result]  # type: ignore[valid-type]
-    rest = [
-        p.replace(kind=inspect.Parameter.POSITIONAL_ONLY)
-        if p.kind is inspect.Parameter.POSITIONAL_ONLY
-        else p
-        for p in rest
-    ]
-    return signature.replace(parameters=[items, *rest], return_annotation=result)
-
-
-def _check_items(name: str, items: object) -> None:
-    if isinstance(items, str | bytes | bytearray):
-        kind = type(items).__name__
-        raise TypeError(
-            f"{name}() maps over items, and got a single {kind}: it would be mapped one "
-            f"character at a time. Pass a list of them ([{kind}_value]), or call the "
-            "function itself for one value"
-        )
 
 
 def _sync_wrappers(state: _Map) -> Callable[..., Any]:

@@ -37,6 +37,9 @@ class MapSettings(NamedTuple):
     # mode="process": "fork", "forkserver" or "spawn"; None: OPERO_START_METHOD if set,
     # else opero's default for the platform (resolved per map, see _maps/start.py)
     start_method: str | None = None
+    # A journal file of finished items (opero._maps.journal): a killed map, run again,
+    # redoes none of them. Made absolute at decoration, so a later chdir changes nothing.
+    resume: str | None = None
 
 
 def map_settings(given: dict[str, Any]) -> MapSettings:
@@ -58,6 +61,8 @@ def map_settings(given: dict[str, Any]) -> MapSettings:
     if not (isinstance(progress, bool) or progress == "always"):
         raise ValueError(f"opmap(): progress must be True, False or 'always', got {progress!r}")
     _check_cluster(mode, settings.client, settings.address)
+    if settings.resume is not None:
+        settings = settings._replace(resume=_check_resume(settings.resume))
     from opero._maps.start import check_start_method
 
     settings = settings._replace(
@@ -106,3 +111,28 @@ def _check_cluster(mode: str, client: Any, address: object) -> None:
             raise ValueError(f"opmap(): address is for mode='ray', not mode={mode!r}")
         if not isinstance(address, str):
             raise TypeError(f"opmap(): address must be a str, got {address!r}")
+
+
+def _check_resume(resume: object) -> str:
+    """`resume`: a path to a journal file (str or os.PathLike), absolute from here on."""
+    if isinstance(resume, bool) or not isinstance(resume, str | os.PathLike):
+        raise TypeError(
+            f"opmap(): resume must be a path (a str or os.PathLike) to a journal file, "
+            f"got {resume!r}"
+        )
+    path = os.fspath(resume)
+    if not isinstance(path, str):
+        raise TypeError(f"opmap(): resume must be a str path, not bytes, got {resume!r}")
+    if not path.strip() or "\0" in path:
+        raise ValueError(f"opmap(): resume must name a file, got {resume!r}")
+    path = os.path.abspath(os.path.expanduser(path))
+    if os.path.isdir(path):
+        raise ValueError(f"opmap(): resume must name a file, and {resume!r} is a directory")
+    parent = os.path.dirname(path)
+    while parent and not os.path.exists(parent):  # created at the first map
+        parent = os.path.dirname(parent) if os.path.dirname(parent) != parent else ""
+    if parent and not os.path.isdir(parent):
+        raise ValueError(
+            f"opmap(): resume={resume!r} cannot be created: {parent!r} is not a directory"
+        )
+    return path

@@ -11,9 +11,14 @@ from collections.abc import (
     Iterable,
     Iterator,
 )
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
 
 from opero._maps.dispatch import Batch
+from opero._maps.journal import MISSING, digest_of
+
+if TYPE_CHECKING:
+    from opero._maps.journal import Journal
 
 
 async def dispatch_async(
@@ -23,6 +28,7 @@ async def dispatch_async(
     kwargs: dict[str, Any],
     workers: int,
     low: Callable[[], int] | None = None,
+    journal: Journal | None = None,
 ) -> AsyncGenerator[Batch]:
     """Every item's outcome, in completion order, from `workers` tasks on this loop.
 
@@ -33,6 +39,10 @@ async def dispatch_async(
     Closing the generator (or cancelling its consumer) cancels the running items and
     waits for them. A BaseException from an item (not an Exception) stops the map and
     propagates, as it would from a plain call.
+
+    With a `journal` (resume=), items it has done are answered from it, and each success
+    is recorded; records are written whenever the consumer has caught up (one write per
+    burst of finished items, before it waits for more).
     """
     done: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=2 * workers)
     source = _Numbered(items, low, 2 * workers)
@@ -41,11 +51,20 @@ async def dispatch_async(
     async def worker() -> None:
         try:
             async for index, item in source:
+                digest = None
+                if journal is not None:
+                    digest = digest_of([item])
+                    value = journal.single(index, digest)
+                    if value is not MISSING:
+                        await done.put(Batch([index], [value], {}))
+                        continue
                 try:
                     value = await call(item, *args, **kwargs)
                 except Exception as exc:
                     await done.put(Batch([index], [None], {0: exc}))
                 else:
+                    if journal is not None:
+                        journal.add([index], [digest], [value], {})
                     await done.put(Batch([index], [value], {}))
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
@@ -60,6 +79,8 @@ async def dispatch_async(
     running = workers
     try:
         while running:
+            if journal is not None and done.empty():
+                journal.flush()  # what finished is on file before this waits for more
             entry = await done.get()
             if entry is None:
                 running -= 1
@@ -72,6 +93,25 @@ async def dispatch_async(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def dispatch_resumed(
+    opened: AbstractContextManager[Journal | None],
+    call: Callable[..., Awaitable[Any]],
+    items: Iterable[Any] | AsyncIterator[Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    workers: int,
+    low: Callable[[], int] | None = None,
+) -> AsyncGenerator[Batch]:
+    """`dispatch_async` under resume=, with the journal open while it runs."""
+    with opened as journal:
+        stream = dispatch_async(call, items, args, kwargs, workers, low, journal)
+        try:
+            async for batch in stream:
+                yield batch
+        finally:
+            await stream.aclose()
 
 
 class _Numbered:
