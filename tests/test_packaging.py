@@ -154,6 +154,7 @@ def test_readme_quick_start_matches_ci() -> None:
         ("bench_rate_limit.py", ("8 threads", "50 tasks", "2 processes", "rate_limit=1e6/s")),
         ("bench_opmap.py", ("multiprocessing.Pool.map", "joblib", "mpire", "ThreadPoolExecutor")),
         ("bench_policies.py", ("opero policies", "pyresilience", "tenacity+pybreaker")),
+        ("bench_resume.py", ("without resume", "with resume (recording)", "resumed, all done")),
         ("bench_hedge.py", ("plain fallback", "hedge_after=0.03", "p99")),
         ("bench_cluster.py", ("dask, running cluster", "ray, running runtime", "process")),
     ],
