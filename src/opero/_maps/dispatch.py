@@ -171,6 +171,8 @@ class Dispatcher:
         # Cluster engines fail a task as a whole when workers die under it.
         self.resend = bool(getattr(engine, "resends_crashed", False))
         self.number = 0
+        # The map's item events: told which items each submitted chunk holds.
+        self.on_submit: Callable[[Sequence[int]], None] | None = None
 
     def __iter__(self) -> Iterator[Batch]:
         engine, inflight = self.engine, self.inflight
@@ -220,6 +222,8 @@ class Dispatcher:
                 continue
             self.inflight[self.number] = chunk
             self.number += 1
+            if self.on_submit is not None:
+                self.on_submit(chunk.indices)
 
     def _unsendable(self, chunk: _Chunk, error: UnsendableError) -> Iterator[Batch]:
         """Items that could not be pickled: a chunk goes again item by item, and an item

@@ -12,11 +12,9 @@ import contextlib
 import functools
 from collections.abc import (
     AsyncGenerator,
-    AsyncIterator,
     Callable,
     Generator,
     Iterable,
-    Iterator,
     Sized,
 )
 from typing import TYPE_CHECKING, Any
@@ -175,9 +173,19 @@ class _Map:
         # The journal first: a map whose journal is in use starts no worker.
         with self.journal(args, kwargs) as journal, engines as engine:
             sizer = ChunkSizer(workers, total, self.settings.chunksize, engine.target)
-            yield from Dispatcher(
+            dispatcher = Dispatcher(
                 engine, items, sizer, workers, cache, low, depth, deliver, journal
             )
+            if observer is None:
+                yield from dispatcher
+                return
+            from opero._maps.item_events import ItemEvents
+
+            announce = ItemEvents(observer)
+            dispatcher.on_submit = announce.started
+            for batch in dispatcher:
+                announce.finished(batch)
+                yield batch
 
     def aoutcomes(
         self,
@@ -186,16 +194,25 @@ class _Map:
         kwargs: dict[str, Any],
         low: Callable[[], int] | None = None,
     ) -> AsyncGenerator[Batch]:
+        from opero._maps.item_events import ItemEvents
         from opero._maps.tasks import dispatch_async
 
+        observer = getattr(self.pipeline, "__opero_observer__", None)
+        announce = ItemEvents(observer) if observer is not None else None
+        started = announce.started if announce is not None else None
+        workers = self.workers(items)
         if self.settings.resume is None:
-            return dispatch_async(self.pipeline, items, args, kwargs, self.workers(items), low)
-        from opero._maps.tasks import dispatch_resumed
+            batches = dispatch_async(
+                self.pipeline, items, args, kwargs, workers, low, None, started
+            )
+        else:
+            from opero._maps.tasks import dispatch_resumed
 
-        journal = self.journal(args, kwargs)
-        return dispatch_resumed(
-            journal, self.pipeline, items, args, kwargs, self.workers(items), low
-        )
+            journal = self.journal(args, kwargs)
+            batches = dispatch_resumed(
+                journal, self.pipeline, items, args, kwargs, workers, low, started
+            )
+        return batches if announce is None else _announced(batches, announce)
 
     def begin(self, items: Any) -> Progress:
         """A map of `items` starts: they are checked, and its progress bar made."""
@@ -269,29 +286,13 @@ class _Map:
             )
 
 
-class _Reorder:
-    """Entries back in input order, for `ordered=True` streams."""
-
-    def __init__(self) -> None:
-        self.waiting: dict[int, tuple[int, bool, Any]] = {}
-        self.following = 0
-
-    def push(self, entries: list[tuple[int, bool, Any]]) -> list[tuple[int, bool, Any]]:
-        waiting = self.waiting
-        for entry in entries:
-            waiting[entry[0]] = entry
-        ready = []
-        while self.following in waiting:
-            ready.append(waiting.pop(self.following))
-            self.following += 1
-        return ready
-
-
 def build_mapper(
     func: Callable[..., Any], settings: MapSettings, options: OperoOptions, cache_given: bool
 ) -> Any:
     if isinstance(func, classmethod | staticmethod) or not callable(func):
         raise TypeError(f"opmap() decorates a function, got {func!r}")
+    from opero._maps.calls import async_wrappers, sync_wrappers
+
     state = _Map(func, settings, options_for("opmap", func, options, cache_given))
     if settings.mode == "async":
         if not state.is_async:
@@ -299,9 +300,9 @@ def build_mapper(
                 f"opmap(mode='async'): {state.name} is not an async def function; "
                 "use mode='thread' or mode='process' for a plain function"
             )
-        wrapper: Any = _async_wrappers(state)
+        wrapper: Any = async_wrappers(state)
     else:
-        wrapper = _sync_wrappers(state)
+        wrapper = sync_wrappers(state)
     functools.update_wrapper(wrapper, func)
     wrapper.__signature__ = mapper_signature(func)
     step = state.cache_step
@@ -314,79 +315,6 @@ def build_mapper(
     return wrapper
 
 
-def _sync_wrappers(state: _Map) -> Callable[..., Any]:
-    def mapped(items: Iterable[Any], /, *args: Any, **kwargs: Any) -> list[Any]:
-        progress = state.begin(items)
-        batches: list[Batch] = []
-        try:
-            for batch in state.outcomes(items, args, kwargs):
-                batches.append(batch)
-                progress.update(len(batch.indices), len(batch.failures))
-        finally:
-            progress.close()
-        return state.collect(batches)
-
-    def imap(items: Iterable[Any], /, *args: Any, **kwargs: Any) -> Iterator[Any]:
-        progress = state.begin(items)
-        failures: dict[int, Any] = {}
-        reorder = _Reorder() if state.settings.ordered else None
-        low = (lambda: reorder.following) if reorder is not None else None
-        stream = state.outcomes(items, args, kwargs, low)
-        try:
-            for batch in stream:
-                progress.update(len(batch.indices), len(batch.failures))
-                entries = state.entries(batch)
-                if reorder is not None:
-                    entries = reorder.push(entries)
-                yield from state.streamed(entries, failures)
-        finally:
-            stream.close()  # an early break stops the pool now, not at garbage collection
-            progress.close()
-        state.finish_stream(failures)
-
-    wrappers: Any = mapped
-    wrappers.imap = imap
-    return mapped
-
-
-def _async_wrappers(state: _Map) -> Callable[..., Any]:
-    async def mapped(items: Any, /, *args: Any, **kwargs: Any) -> list[Any]:
-        progress = state.begin(items)
-        batches: list[Batch] = []
-        stream = state.aoutcomes(items, args, kwargs)
-        try:
-            async for batch in stream:
-                batches.append(batch)
-                progress.update(len(batch.indices), len(batch.failures))
-        finally:
-            await stream.aclose()
-            progress.close()
-        return state.collect(batches)
-
-    async def imap(items: Any, /, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        progress = state.begin(items)
-        failures: dict[int, Any] = {}
-        reorder = _Reorder() if state.settings.ordered else None
-        low = (lambda: reorder.following) if reorder is not None else None
-        stream = state.aoutcomes(items, args, kwargs, low)
-        try:
-            async for batch in stream:
-                progress.update(len(batch.indices), len(batch.failures))
-                entries = state.entries(batch)
-                if reorder is not None:
-                    entries = reorder.push(entries)
-                for value in state.streamed(entries, failures):
-                    yield value
-        finally:
-            await stream.aclose()
-            progress.close()
-        state.finish_stream(failures)
-
-    wrappers: Any = mapped
-    wrappers.imap = imap
-    return mapped
-
-
 def _length(items: object) -> int | None:
     if not isinstance(items, Sized):
         return None
@@ -394,3 +322,13 @@ def _length(items: object) -> int | None:
         return len(items)
     except TypeError:  # a __len__ that refuses
         return None
+
+
+async def _announced(batches: AsyncGenerator[Batch], announce: Any) -> AsyncGenerator[Batch]:
+    """Async mode's outcome events, as each item's outcome comes back."""
+    try:
+        async for batch in batches:
+            announce.finished(batch)
+            yield batch
+    finally:
+        await batches.aclose()

@@ -10,6 +10,7 @@ from collections.abc import (
     Callable,
     Iterable,
     Iterator,
+    Sequence,
 )
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,7 @@ async def dispatch_async(
     workers: int,
     low: Callable[[], int] | None = None,
     journal: Journal | None = None,
+    started: Callable[[Sequence[int]], None] | None = None,
 ) -> AsyncGenerator[Batch]:
     """Every item's outcome, in completion order, from `workers` tasks on this loop.
 
@@ -58,6 +60,8 @@ async def dispatch_async(
                     if value is not MISSING:
                         await done.put(Batch([index], [value], {}))
                         continue
+                if started is not None:  # the map's item events
+                    started((index,))
                 try:
                     value = await call(item, *args, **kwargs)
                 except Exception as exc:
@@ -103,10 +107,11 @@ async def dispatch_resumed(
     kwargs: dict[str, Any],
     workers: int,
     low: Callable[[], int] | None = None,
+    started: Callable[[Sequence[int]], None] | None = None,
 ) -> AsyncGenerator[Batch]:
     """`dispatch_async` under resume=, with the journal open while it runs."""
     with opened as journal:
-        stream = dispatch_async(call, items, args, kwargs, workers, low, journal)
+        stream = dispatch_async(call, items, args, kwargs, workers, low, journal, started)
         try:
             async for batch in stream:
                 yield batch

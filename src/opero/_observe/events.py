@@ -53,6 +53,12 @@ DEADLINE_EXCEEDED = "deadline_exceeded"
 GAVE_UP = "gave_up"
 CALL_SUCCEEDED = "call_succeeded"
 CALL_FAILED = "call_failed"
+# @opmap, per item, in the parent whatever the mode: handed to a worker (or a task), and
+# its outcome back; a failure that is the worker's death also says worker_crashed.
+ITEM_STARTED = "item_started"
+ITEM_SUCCEEDED = "item_succeeded"
+ITEM_FAILED = "item_failed"
+WORKER_CRASHED = "worker_crashed"
 
 EVENT_KINDS = (
     CALL_STARTED,
@@ -78,6 +84,10 @@ EVENT_KINDS = (
     GAVE_UP,
     CALL_SUCCEEDED,
     CALL_FAILED,
+    ITEM_STARTED,
+    ITEM_SUCCEEDED,
+    ITEM_FAILED,
+    WORKER_CRASHED,
 )
 
 
@@ -94,6 +104,7 @@ class Event(NamedTuple):
     error: str | None = None  # exception type name
     state: str | None = None  # breaker state, for breaker_* events
     time: float = 0.0  # time.time() when it happened
+    item: int | None = None  # 0-based input index, for the item_* events of a map
 
 
 Hook = Callable[[Event], object]
