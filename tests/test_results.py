@@ -120,3 +120,30 @@ def test_methods_take_the_instance_through_the_class() -> None:
 
     client = Client()
     assert Client.url.result(client, "/v1") == Ok("https://api/v1")
+
+
+def test_maps_stream_every_outcome_as_a_value_and_never_raise() -> None:
+    from opero import opmap
+
+    @opmap(mode="thread", workers=2, retries=0, cache=False, progress=False)
+    def parse(line: str) -> int:
+        return int(line)
+
+    outcomes = list(parse.imap_results(["1", "x", "3"]))
+    assert [type(o).__name__ for o in outcomes] == ["Ok", "Err", "Ok"]
+    assert outcomes[0] == Ok(1)
+    assert outcomes[2] == Ok(3)
+    assert isinstance(outcomes[1], Err)
+    assert isinstance(outcomes[1].error, ValueError)
+
+
+async def test_async_maps_stream_outcomes_as_values() -> None:
+    from opero import opmap
+
+    @opmap(mode="async", workers=2, retries=0, cache=False, progress=False)
+    async def parse(line: str) -> int:
+        return int(line)
+
+    outcomes = [outcome async for outcome in parse.imap_results(["x", "2"])]
+    assert isinstance(outcomes[0], Err)
+    assert outcomes[1] == Ok(2)

@@ -143,3 +143,12 @@ async def check_results() -> None:
         assert_type(outcome.value, list[float])
     fetched = await fetch.result("u")
     assert_type(fetched, Ok[bytes] | Err)
+
+
+async def check_map_results() -> None:
+    from opero import Err, Ok
+
+    for outcome in in_processes.imap_results([1]):
+        assert_type(outcome, Ok[int] | Err)
+    async for value in in_tasks.imap_results([1]):
+        assert_type(value, Ok[int] | Err)

@@ -30,6 +30,7 @@ from opero._pipeline.options import OperoKwargs, build_options
 if TYPE_CHECKING:
     from opero._cache.step import CacheInfo
     from opero._observe.events import Stats
+    from opero._results import Err, Ok
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -62,6 +63,13 @@ class Mapper(Protocol[T_contra, P, R]):
         """The results as they finish, with bounded work in flight."""
         ...
 
+    def imap_results(
+        self, items: Iterable[T_contra], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Iterator[Ok[R] | Err]:
+        """As `imap`, each item's outcome as a value: `Ok(result)` or `Err(error)`; never
+        raises `OpmapError`."""
+        ...
+
     def cache_clear(self) -> None: ...
 
     def cache_info(self) -> CacheInfo: ...
@@ -91,6 +99,16 @@ class AsyncMapper(Protocol[T_contra, P, R]):
         *args: P.args,
         **kwargs: P.kwargs,
     ) -> AsyncIterator[R]: ...
+
+    def imap_results(
+        self,
+        items: Iterable[T_contra] | AsyncIterator[T_contra],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> AsyncIterator[Ok[R] | Err]:
+        """``async for outcome in fn.imap_results(items)``: `Ok` or `Err` per item."""
+        ...
 
     def cache_clear(self) -> None: ...
 

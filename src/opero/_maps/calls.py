@@ -41,27 +41,41 @@ def sync_wrappers(state: _Map) -> Callable[..., Any]:
             progress.close()
         return state.collect(batches)
 
-    def imap(items: Iterable[Any], /, *args: Any, **kwargs: Any) -> Iterator[Any]:
-        progress = state.begin(items)
-        failures: dict[int, Any] = {}
-        reorder = _Reorder() if state.settings.ordered else None
-        low = (lambda: reorder.following) if reorder is not None else None
-        stream = state.outcomes(items, args, kwargs, low)
-        try:
-            for batch in stream:
-                progress.update(len(batch.indices), len(batch.failures))
-                entries = state.entries(batch)
-                if reorder is not None:
-                    entries = reorder.push(entries)
-                yield from state.streamed(entries, failures)
-        finally:
-            stream.close()  # an early break stops the pool now, not at garbage collection
-            progress.close()
-        state.finish_stream(failures)
+    def streamer(as_results: bool) -> Callable[..., Iterator[Any]]:
+        def imap(items: Iterable[Any], /, *args: Any, **kwargs: Any) -> Iterator[Any]:
+            progress = state.begin(items)
+            failures: dict[int, Any] = {}
+            reorder = _Reorder() if state.settings.ordered else None
+            low = (lambda: reorder.following) if reorder is not None else None
+            stream = state.outcomes(items, args, kwargs, low)
+            try:
+                for batch in stream:
+                    progress.update(len(batch.indices), len(batch.failures))
+                    entries = state.entries(batch)
+                    if reorder is not None:
+                        entries = reorder.push(entries)
+                    if as_results:
+                        yield from as_values(entries)
+                    else:
+                        yield from state.streamed(entries, failures)
+            finally:
+                stream.close()  # an early break stops the pool now, not at collection
+                progress.close()
+            state.finish_stream(failures)
+
+        return imap
 
     wrappers: Any = mapped
-    wrappers.imap = imap
+    wrappers.imap = streamer(as_results=False)
+    wrappers.imap_results = streamer(as_results=True)
     return mapped
+
+
+def as_values(entries: Iterable[tuple[int, bool, Any]]) -> list[Any]:
+    """Entries as `Ok(value)` / `Err(error)` (``fn.imap_results``)."""
+    from opero._results import Err, Ok
+
+    return [Ok(value) if ok else Err(value) for _, ok, value in entries]
 
 
 def async_wrappers(state: _Map) -> Callable[..., Any]:
@@ -78,25 +92,31 @@ def async_wrappers(state: _Map) -> Callable[..., Any]:
             progress.close()
         return state.collect(batches)
 
-    async def imap(items: Any, /, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        progress = state.begin(items)
-        failures: dict[int, Any] = {}
-        reorder = _Reorder() if state.settings.ordered else None
-        low = (lambda: reorder.following) if reorder is not None else None
-        stream = state.aoutcomes(items, args, kwargs, low)
-        try:
-            async for batch in stream:
-                progress.update(len(batch.indices), len(batch.failures))
-                entries = state.entries(batch)
-                if reorder is not None:
-                    entries = reorder.push(entries)
-                for value in state.streamed(entries, failures):
-                    yield value
-        finally:
-            await stream.aclose()
-            progress.close()
-        state.finish_stream(failures)
+    def streamer(as_results: bool) -> Callable[..., AsyncIterator[Any]]:
+        async def imap(items: Any, /, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+            progress = state.begin(items)
+            failures: dict[int, Any] = {}
+            reorder = _Reorder() if state.settings.ordered else None
+            low = (lambda: reorder.following) if reorder is not None else None
+            stream = state.aoutcomes(items, args, kwargs, low)
+            try:
+                async for batch in stream:
+                    progress.update(len(batch.indices), len(batch.failures))
+                    entries = state.entries(batch)
+                    if reorder is not None:
+                        entries = reorder.push(entries)
+                    keep = as_values if as_results else None
+                    values = keep(entries) if keep else state.streamed(entries, failures)
+                    for value in values:
+                        yield value
+            finally:
+                await stream.aclose()
+                progress.close()
+            state.finish_stream(failures)
+
+        return imap
 
     wrappers: Any = mapped
-    wrappers.imap = imap
+    wrappers.imap = streamer(as_results=False)
+    wrappers.imap_results = streamer(as_results=True)
     return mapped
