@@ -35,7 +35,8 @@ class OperoKwargs(TypedDict, total=False):
     retry_on: RetryOn
     jitter: bool
     arg_fallback: str | None
-    rate_limit: float | None
+    rate_limit: float | str | None
+    rate_limit_max: float | None
     rate_limit_backend: str
     rate_limit_key: str | None
     rate_limit_backpressure: bool
@@ -66,7 +67,9 @@ class OperoOptions(NamedTuple):
     retry_on: RetryOn = Exception
     jitter: bool = True
     arg_fallback: str | None = None
-    rate_limit: float | None = None
+    # A number of attempts per second, or "auto": found from the server's answers.
+    rate_limit: float | str | None = None
+    rate_limit_max: float | None = None  # the ceiling of rate_limit="auto"
     rate_limit_backend: str = "local"
     rate_limit_key: str | None = None
     # A 429 (or 503 with Retry-After) pauses the limit for every caller.
@@ -112,6 +115,7 @@ def build_options(decorator: str, given: dict[str, Any]) -> OperoOptions:
             f"({options.rate_limit_backpressure!r}) needs a rate_limit (attempts per second): "
             "it pauses that limit"
         )
+    _check_adaptive(decorator, options)
     if options.rate_limit_backend == "redis" and options.rate_limit is None:
         raise ValueError(
             f"{decorator}(): rate_limit_backend='redis' needs a rate_limit (attempts per second)"
@@ -127,6 +131,27 @@ def build_options(decorator: str, given: dict[str, Any]) -> OperoOptions:
             f"min_delay ({options.min_delay!r}); max_delay defaults to 30.0, raise it too"
         )
     return _normalized(decorator, options)
+
+
+def _check_adaptive(decorator: str, options: OperoOptions) -> None:
+    """`rate_limit="auto"` learns from throttling answers: it needs backpressure on, and
+    only it has a ceiling apart from its rate."""
+    if options.rate_limit_max is not None and options.rate_limit != "auto":
+        raise ValueError(
+            f"{decorator}(): rate_limit_max ({options.rate_limit_max!r}) is the ceiling of "
+            f"rate_limit='auto', got rate_limit={options.rate_limit!r} (a fixed rate_limit "
+            "is its own ceiling)"
+        )
+    if options.rate_limit == "auto" and not options.rate_limit_backpressure:
+        raise ValueError(
+            f"{decorator}(): rate_limit='auto' finds the rate from throttling answers, "
+            "which rate_limit_backpressure=False ignores"
+        )
+    if options.rate_limit == "auto" and options.rate_limit_backend == "redis":
+        raise ValueError(
+            f"{decorator}(): rate_limit='auto' is not supported with "
+            "rate_limit_backend='redis' yet; give a fixed rate_limit"
+        )
 
 
 def _normalized(decorator: str, options: OperoOptions) -> OperoOptions:
