@@ -186,6 +186,35 @@ def test_a_cut_in_one_process_slows_the_others() -> None:
     assert limiter.interval == pytest.approx(1 / cut)
 
 
+def test_a_cut_through_redis_slows_every_process_on_the_key(redis_env: str) -> None:
+    from opero._policies.rate_limit_redis import RedisRateLimiter
+
+    here, elsewhere = (
+        RedisRateLimiter(100.0, "opero:t:adapt", adaptation=Adaptation(100.0, found=True))
+        for _ in range(2)
+    )
+    here.take()
+    elsewhere.take()
+    assert elsewhere.interval == pytest.approx(1 / 100)
+    assert not elsewhere.moving
+    cut = here.slow_down(time.monotonic())
+    assert cut == pytest.approx(100 * BETA, rel=0.01)  # nothing released yet: its rate
+    assert here.slow_down(time.monotonic() - 1.0) is None  # sent before the cut
+    elsewhere.take()  # the take step brings the curve along
+    assert 1 / elsewhere.interval == pytest.approx(100 * BETA, rel=0.01)
+    assert elsewhere.moving
+
+
+def test_auto_over_redis_grows_from_slow_start(redis_env: str) -> None:
+    @opero(cache=False, rate_limit="auto", rate_limit_backend="redis", rate_limit_key="opero:t:a")
+    def call(i: int) -> int:
+        return i
+
+    assert [call(i) for i in range(6)] == list(range(6))
+    limiter = call.__opero_rate_limit__.limiter  # type: ignore[attr-defined]
+    assert 1 / limiter.interval > SLOW_START
+
+
 # --- through the decorator --------------------------------------------------------------
 
 
@@ -244,11 +273,6 @@ def test_the_event_kind_is_known() -> None:
             {"rate_limit": "auto", "rate_limit_backpressure": False},
             ValueError,
             "rate_limit='auto' finds the rate",
-        ),
-        (
-            {"rate_limit": "auto", "rate_limit_backend": "redis"},
-            ValueError,
-            "rate_limit='auto' is not supported",
         ),
     ],
 )

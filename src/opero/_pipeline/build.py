@@ -342,7 +342,7 @@ def build_rate_limit_step(func: Any, options: OperoOptions) -> RateLimitStep:
             key = f"opero:{options.cache_namespace}:ratelimit:{function_identity(func)}"
         from opero._policies.rate_limit_redis import RedisRateLimiter
 
-        limiter = RedisRateLimiter(rate, key)
+        limiter = RedisRateLimiter(rate, key, adaptation=adaptation)
     else:
         limiter = LocalRateLimiter(rate, adaptation)
     # A pause lasts at most as long as the retry step obeys a Retry-After.

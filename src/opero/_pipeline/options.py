@@ -147,11 +147,6 @@ def _check_adaptive(decorator: str, options: OperoOptions) -> None:
             f"{decorator}(): rate_limit='auto' finds the rate from throttling answers, "
             "which rate_limit_backpressure=False ignores"
         )
-    if options.rate_limit == "auto" and options.rate_limit_backend == "redis":
-        raise ValueError(
-            f"{decorator}(): rate_limit='auto' is not supported with "
-            "rate_limit_backend='redis' yet; give a fixed rate_limit"
-        )
 
 
 def _normalized(decorator: str, options: OperoOptions) -> OperoOptions:
