@@ -281,3 +281,61 @@ def test_adaptive_options_are_checked_at_decoration(
 ) -> None:
     with pytest.raises(error, match=match):
         opero(**options)
+
+
+# --- bursts -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [LocalRateLimiter, SharedRateLimiter])
+def test_a_burst_of_n_goes_at_once_then_releases_are_spaced(make: Any, clock: FakeClock) -> None:
+    limiter = make(10.0, burst=3)
+    starts = [limiter.take() for _ in range(5)]
+    assert starts == pytest.approx([clock.now] * 3 + [clock.now + 0.1, clock.now + 0.2])
+    assert [limiter.release() for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.release() == pytest.approx(0.1)
+    clock.now += 10.0  # idle: the bucket fills again, to 3 and no more
+    assert [limiter.release() for _ in range(4)] == pytest.approx([0.0, 0.0, 0.0, 0.1])
+
+
+@pytest.mark.parametrize("make", [LocalRateLimiter, SharedRateLimiter])
+def test_a_pause_holds_a_burst_too_and_the_bucket_is_full_after_it(
+    make: Any, clock: FakeClock
+) -> None:
+    limiter = make(10.0, burst=3)
+    limiter.pause(1.0)
+    assert limiter.take() == pytest.approx(clock.now + 1.0)
+    assert limiter.release() == pytest.approx(1.0)
+    clock.now += 1.0
+    assert [limiter.release() for _ in range(4)] == pytest.approx([0.0, 0.0, 0.0, 0.1])
+
+
+def test_burst_through_the_decorator() -> None:
+    starts: list[float] = []
+
+    @opero(cache=False, rate_limit=5, rate_limit_burst=4)
+    def call() -> None:
+        starts.append(time.monotonic())
+
+    for _ in range(4):
+        call()
+    assert starts[-1] - starts[0] < 0.1  # 4 at once, though 5/s spaces them 0.2 s
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"rate_limit": 5, "rate_limit_burst": 0}, ValueError, "rate_limit_burst must be >= 1"),
+        ({"rate_limit": 5, "rate_limit_burst": 2.5}, TypeError, "rate_limit_burst must be an int"),
+        ({"rate_limit_burst": 3}, ValueError, r"rate_limit_burst \(3\) needs a rate_limit"),
+        (
+            {"rate_limit": 5, "rate_limit_burst": 3, "rate_limit_backend": "redis"},
+            ValueError,
+            "not supported with rate_limit_backend='redis'",
+        ),
+    ],
+)
+def test_burst_options_are_checked_at_decoration(
+    options: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        opero(**options)

@@ -62,6 +62,7 @@ OPTIONS: dict[str, st.SearchStrategy[Any]] = {
     "arg_fallback": st.sampled_from([None, "model", "model", "missing", 1, ""]),
     "rate_limit": mostly(st.one_of(st.floats(1e-8, 1e12), st.just("auto"))),
     "rate_limit_max": mostly(st.floats(1e-8, 1e12)),
+    "rate_limit_burst": mostly(st.integers(1, 10**6)),
     "rate_limit_backend": st.sampled_from(["local", "local", "bogus", 1]),
     "rate_limit_key": st.sampled_from([None, None, "key", "", 1]),
     "rate_limit_backpressure": st.one_of(st.booleans(), NUMBERS),

@@ -90,7 +90,8 @@ class _Map:
             # The same rate and curve as this process's limit, in shared memory.
             adaptation = getattr(step.limiter, "adaptation", None)
             rate = adaptation.initial_rate() if adaptation else 1.0 / step.limiter.interval
-            limiter = SharedRateLimiter(rate, context_for(kind, method), adaptation)
+            burst = getattr(step.limiter, "burst", 1)
+            limiter = SharedRateLimiter(rate, context_for(kind, method), adaptation, burst)
             limiter = self.limiters.setdefault((kind, method), limiter)
         if method == "fork":  # the workers inherit the parent's pipeline: put it there
             step.limiter = limiter

@@ -344,7 +344,7 @@ def build_rate_limit_step(func: Any, options: OperoOptions) -> RateLimitStep:
 
         limiter = RedisRateLimiter(rate, key, adaptation=adaptation)
     else:
-        limiter = LocalRateLimiter(rate, adaptation)
+        limiter = LocalRateLimiter(rate, adaptation, options.rate_limit_burst)
     # A pause lasts at most as long as the retry step obeys a Retry-After.
     backpressure = options.rate_limit_backpressure
     return RateLimitStep(limiter, backpressure=backpressure, max_pause=options.max_delay)

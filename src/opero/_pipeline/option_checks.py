@@ -240,6 +240,7 @@ CHECKS: dict[str, Callable[[str, Any], None]] = {
     "arg_fallback": _arg_fallback,
     "rate_limit": _rate_limit,
     "rate_limit_max": _rate_limit_max,
+    "rate_limit_burst": _int_at_least(1),
     "rate_limit_backend": _rate_limit_backend,
     "rate_limit_key": _non_empty_str_or_none,
     "rate_limit_backpressure": _bool,

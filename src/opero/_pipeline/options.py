@@ -37,6 +37,7 @@ class OperoKwargs(TypedDict, total=False):
     arg_fallback: str | None
     rate_limit: float | str | None
     rate_limit_max: float | None
+    rate_limit_burst: int
     rate_limit_backend: str
     rate_limit_key: str | None
     rate_limit_backpressure: bool
@@ -70,6 +71,7 @@ class OperoOptions(NamedTuple):
     # A number of attempts per second, or "auto": found from the server's answers.
     rate_limit: float | str | None = None
     rate_limit_max: float | None = None  # the ceiling of rate_limit="auto"
+    rate_limit_burst: int = 1  # attempts that may go at once (a token bucket); 1: none
     rate_limit_backend: str = "local"
     rate_limit_key: str | None = None
     # A 429 (or 503 with Retry-After) pauses the limit for every caller.
@@ -116,6 +118,7 @@ def build_options(decorator: str, given: dict[str, Any]) -> OperoOptions:
             "it pauses that limit"
         )
     _check_adaptive(decorator, options)
+    _check_burst(decorator, options, given)
     if options.rate_limit_backend == "redis" and options.rate_limit is None:
         raise ValueError(
             f"{decorator}(): rate_limit_backend='redis' needs a rate_limit (attempts per second)"
@@ -146,6 +149,19 @@ def _check_adaptive(decorator: str, options: OperoOptions) -> None:
         raise ValueError(
             f"{decorator}(): rate_limit='auto' finds the rate from throttling answers, "
             "which rate_limit_backpressure=False ignores"
+        )
+
+
+def _check_burst(decorator: str, options: OperoOptions, given: dict[str, Any]) -> None:
+    if "rate_limit_burst" in given and options.rate_limit is None:
+        raise ValueError(
+            f"{decorator}(): rate_limit_burst ({options.rate_limit_burst!r}) needs a "
+            "rate_limit (attempts per second): it is that limit's bucket"
+        )
+    if options.rate_limit_burst > 1 and options.rate_limit_backend == "redis":
+        raise ValueError(
+            f"{decorator}(): rate_limit_burst ({options.rate_limit_burst!r}) is not "
+            "supported with rate_limit_backend='redis' yet"
         )
 
 

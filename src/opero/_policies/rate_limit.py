@@ -74,10 +74,15 @@ class LocalRateLimiter:
     cost the others no throughput.
     """
 
-    def __init__(self, rate: float, adaptation: Adaptation | None = None) -> None:
+    def __init__(self, rate: float, adaptation: Adaptation | None = None, burst: int = 1) -> None:
         self.interval = 1.0 / rate
+        # A token bucket of `burst`: starts and releases may run that many intervals
+        # minus one ahead of the even schedule (the generic cell rate algorithm's
+        # tolerance); 1 is the even schedule itself.
+        self.burst = burst
+        self._extra = float(burst - 1)
         self._next_start = 0.0
-        self._last_release = -math.inf
+        self._release_at = -math.inf  # the even schedule's next release
         self._lock = threading.Lock()
         self._holes: list[float] = []  # a heap of given-back starts
         self._paused_until = -math.inf
@@ -100,6 +105,8 @@ class LocalRateLimiter:
                     return heapq.heappop(holes)
             start = max(now, self._next_start)
             self._next_start = start + self.interval
+            if self._extra:  # a burst: up to `burst` turns early, never inside a pause
+                start = max(now, start - self._extra * self.interval, self._paused_until)
         return start
 
     def give_back(self, start: float) -> None:
@@ -115,9 +122,13 @@ class LocalRateLimiter:
     def release(self) -> float:
         with self._lock:
             now = time.monotonic()
-            ready = self._last_release + self.interval
+            ready = self._release_at
+            if self._extra:
+                ready = max(ready - self._extra * self.interval, self._paused_until)
             if now >= ready:
-                self._last_release = now
+                # Without a burst the schedule is never behind a release that goes.
+                at = max(self._release_at, now) if self._extra else now
+                self._release_at = at + self.interval
                 self._curve[RELEASED] += 1  # the measured rate (see adaptive.measure)
                 return 0.0
         return ready - now
@@ -131,8 +142,8 @@ class LocalRateLimiter:
                 return False
             self._paused_until = until
             self._next_start = max(self._next_start, until)
-            # The first release after the pause may go at its end, the next one interval on.
-            self._last_release = max(self._last_release, until - self.interval)
+            # The first release after the pause may go at its end (and a burst with it).
+            self._release_at = max(self._release_at, until)
         return True
 
     def slow_down(self, start: float) -> float | None:

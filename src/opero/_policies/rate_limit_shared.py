@@ -16,7 +16,7 @@ from opero._policies import adaptive
 from opero._policies.adaptive import Adaptation
 
 # Slots of the shared array.
-NEXT_START, LAST_RELEASE, PAUSED_UNTIL, INTERVAL, CURVE = 0, 1, 2, 3, 4
+NEXT_START, RELEASE_AT, PAUSED_UNTIL, INTERVAL, CURVE = 0, 1, 2, 3, 4
 RETUNE_AT = CURVE + adaptive.RETUNE_AT  # read on every take
 RELEASED = CURVE + adaptive.RELEASED
 END = CURVE + adaptive.STATE_SIZE
@@ -32,15 +32,21 @@ class SharedRateLimiter:
     """
 
     def __init__(
-        self, rate: float, context: Any = None, adaptation: Adaptation | None = None
+        self,
+        rate: float,
+        context: Any = None,
+        adaptation: Adaptation | None = None,
+        burst: int = 1,
     ) -> None:
         import multiprocessing
 
         ctx = context or multiprocessing.get_context()
         self.adaptation = adaptation
+        self.burst = burst
+        self._extra = float(burst - 1)  # see `LocalRateLimiter`
         curve = (adaptation or Adaptation(rate, found=True)).initial_state()
-        # Next start, last release, end of the pause (see `LocalRateLimiter.pause`), the
-        # interval, then the rate's curve (see `opero._policies.adaptive`).
+        # Next start, next release of the even schedule, end of the pause (see
+        # `LocalRateLimiter`), the interval, then the rate's curve (`adaptive`).
         initial = [0.0, -math.inf, -math.inf, 1.0 / rate, *curve]
         self._times = ctx.Array("d", initial, lock=True)
 
@@ -57,6 +63,8 @@ class SharedRateLimiter:
                 self._retune(now)
             start = max(now, times[NEXT_START])
             times[NEXT_START] = start + times[INTERVAL]
+            if self._extra:  # a burst: up to `burst` turns early, never inside a pause
+                start = max(now, start - self._extra * times[INTERVAL], times[PAUSED_UNTIL])
         return float(start)
 
     def _retune(self, now: float) -> None:
@@ -94,9 +102,12 @@ class SharedRateLimiter:
         times = self._times
         with times.get_lock():
             now = time.monotonic()
-            ready = times[LAST_RELEASE] + times[INTERVAL]
+            ready = times[RELEASE_AT]
+            if self._extra:
+                ready = max(ready - self._extra * times[INTERVAL], times[PAUSED_UNTIL])
             if now >= ready:
-                times[LAST_RELEASE] = now
+                at = max(times[RELEASE_AT], now) if self._extra else now
+                times[RELEASE_AT] = at + times[INTERVAL]
                 times[RELEASED] += 1  # the measured rate (see adaptive.measure)
                 return 0.0
         return float(ready - now)
@@ -110,7 +121,7 @@ class SharedRateLimiter:
                 return False
             times[PAUSED_UNTIL] = until
             times[NEXT_START] = max(times[NEXT_START], until)
-            times[LAST_RELEASE] = max(times[LAST_RELEASE], until - times[INTERVAL])
+            times[RELEASE_AT] = max(times[RELEASE_AT], until)
         return True
 
     def slow_down(self, start: float) -> float | None:
