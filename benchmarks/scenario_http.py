@@ -28,7 +28,7 @@ saves the rate over time (from ``rate_limit_changed`` events) against the quota.
         [--quota 40] [--limit 30] [--workers 16] [--flaky 0.0] [--flaky-retry-after]
         [--runs 1] [--no-backpressure]
     python benchmarks/scenario_http.py --auto --change-to 20 --items 320 [--algorithm aimd]
-        [--plot rate.png]
+        [--plot rate.png] [--burst 10]
 """
 
 from __future__ import annotations
@@ -210,6 +210,8 @@ def run_mode(mode: str, args: argparse.Namespace, base: str) -> dict[str, float]
     }
     if args.auto and args.limit_max:
         options["rate_limit_max"] = args.limit_max
+    if args.burst > 1:
+        options["rate_limit_burst"] = args.burst
     items = list(range(args.items))
     mapped = opmap(**options)(afetch if mode == "async" else fetch)
     started, clock = time.monotonic(), time.time()
@@ -314,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--auto", action="store_true", help='rate_limit="auto"')
     parser.add_argument("--limit-max", type=float, default=None, help="rate_limit_max (auto)")
     parser.add_argument("--algorithm", default=None, help="auto: cubic or aimd")
+    parser.add_argument("--burst", type=int, default=1, help="rate_limit_burst")
     parser.add_argument("--change-to", type=int, default=0, help="quota after --change-at")
     parser.add_argument("--change-at", type=float, default=5.0, help="seconds after the first")
     parser.add_argument("--seconds", type=float, default=10.0, help="the window reported")
