@@ -302,6 +302,30 @@ def plot(path: str, curves: dict[str, Any], args: argparse.Namespace) -> None:
     figure.savefig(path, dpi=110, bbox_inches="tight")
 
 
+def run_all(args: argparse.Namespace, base: str) -> None:
+    """Every mode, `--runs` times, against the server at `base`; then the plot."""
+    limit = "'auto'" if args.auto else f"{args.limit:g}"
+    change_to = f" -> {args.change_to}/s at {args.change_at:g}s" if args.change_to else ""
+    print(
+        f"quota {args.quota}/s{change_to} rolling, rate_limit={limit}, {args.items} items, "
+        f"{args.workers} workers, flaky 503 {args.flaky:.0%}, "
+        f"backpressure {'off' if args.no_backpressure else 'on'}"
+    )
+    print(HEADER)
+    curves: dict[str, Any] = {}
+    for _ in range(args.runs):
+        for mode in args.modes.split(","):
+            server_counts(base, "/reset")
+            outcome = run_mode(mode, args, base)
+            counts = server_counts(base, "/stats")
+            report(mode, args, outcome, counts)
+            print(f"           {report_window(args, outcome, counts)}")
+            if counts["arrivals"]:
+                curves[mode] = (counts["arrivals"][0][0], outcome["rates"])
+    if args.plot:
+        plot(args.plot, curves, args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
@@ -336,26 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     args.limit = args.limit or 0.75 * args.quota
     server, base = start_server(args)
     try:
-        limit = "'auto'" if args.auto else f"{args.limit:g}"
-        change_to = f" -> {args.change_to}/s at {args.change_at:g}s" if args.change_to else ""
-        print(
-            f"quota {args.quota}/s{change_to} rolling, rate_limit={limit}, {args.items} items, "
-            f"{args.workers} workers, flaky 503 {args.flaky:.0%}, "
-            f"backpressure {'off' if args.no_backpressure else 'on'}"
-        )
-        print(HEADER)
-        curves: dict[str, Any] = {}
-        for _ in range(args.runs):
-            for mode in args.modes.split(","):
-                server_counts(base, "/reset")
-                outcome = run_mode(mode, args, base)
-                counts = server_counts(base, "/stats")
-                report(mode, args, outcome, counts)
-                print(f"           {report_window(args, outcome, counts)}")
-                if counts["arrivals"]:
-                    curves[mode] = (counts["arrivals"][0][0], outcome["rates"])
-        if args.plot:
-            plot(args.plot, curves, args)
+        run_all(args, base)
     finally:
         server.terminate()
         server.wait(timeout=10)

@@ -3,25 +3,28 @@
 The rate is a curve of the time since the last cut, as in TCP congestion control and
 botocore's adaptive retry mode. Until the first throttling answer it doubles every
 `DOUBLING` seconds from `SLOW_START` attempts a second (slow start); a throttling answer
-(429, or 503 with Retry-After: see `opero._policies.backpressure`) records the rate of
-that moment as ``w_max`` and cuts to ``BETA * w_max``; from there it grows again:
+(429, or 503 with Retry-After: see `opero._policies.backpressure`) records as ``w_max``
+what the limit released in the second before (`released`: a full window is the quota;
+the rate of that moment is several times it in slow start), and cuts to ``BETA * w_max``
+from the end of the pause; from there it grows again:
 
 - CUBIC (the default): ``w_max + C * (t - K)**3`` with ``K = cbrt(w_max * (1 - BETA) / C)``:
   fast back toward ``w_max``, flat around it (where the last throttling happened), and
-  probing faster again only past it. botocore's constants (C = 0.4, BETA = 0.7).
+  probing faster again only past it. botocore's C = 0.4; BETA 0.9 (see `CUBIC_BETA`).
 - AIMD: ``w_max * (BETA + AIMD_GROWTH * t)``: a straight line back, at 10% of ``w_max`` a
   second (additive in proportion to the rate, so it behaves the same at 5/s and 5000/s).
 
 Never above the ceiling (`rate_limit=N`, or ``rate_limit_max`` with ``"auto"``), never
 below `FLOOR`. The curve runs only while the limit is what holds callers back (someone has
 a reservation ahead of now): an idle limit, or one callers cannot keep busy, does not grow,
-so a quiet hour does not end in a burst. Unlike botocore (which caps the rate at twice
-the measured sending rate) this needs no measurement on the success path.
+so a quiet hour does not end in a burst. botocore caps its rate at twice the measured
+sending rate instead, measured on every call.
 
-Because the rate is a pure function of ``(w_max, t_cut, now)``, a limiter stores only those
-two numbers and the time of the next recomputation (``retune_at``) with its schedule, in
-whatever memory it is shared through; the success path costs one comparison, and a
-recomputation every `RETUNE` seconds while the rate moves (none once at the ceiling).
+The rate is a pure function of ``(w_max, t_cut, now)``: a limiter stores those, the time
+of the next recomputation and a small ring of release counts with its schedule, in
+whatever memory it is shared through; the success path costs one comparison and one
+count, and a recomputation every `RETUNE` seconds while the rate moves (none once at the
+ceiling).
 """
 
 from __future__ import annotations
