@@ -17,9 +17,18 @@ includes starting 16 workers that each import httpx (seconds on 2 busy cores), s
 time to the first request and the span of sending are shown apart. `--no-backpressure`
 measures the behaviour before it (``rate_limit_backpressure=False``).
 
+The unknown-quota run (issue 18): ``--auto`` maps with ``rate_limit="auto"`` (AIMD or
+CUBIC with `--algorithm`), and ``--change-to 20`` drops the quota to 20/s `--change-at`
+seconds after the first accepted request, without telling anyone. Per mode it prints,
+over the first `--seconds` after the first request: the requests accepted as a fraction
+of what the quota allowed, the share answered 429, and items right; ``--plot out.png``
+saves the rate over time (from ``rate_limit_changed`` events) against the quota.
+
     python benchmarks/scenario_http.py [--modes thread,async,process] [--items 300]
         [--quota 40] [--limit 30] [--workers 16] [--flaky 0.0] [--flaky-retry-after]
         [--runs 1] [--no-backpressure]
+    python benchmarks/scenario_http.py --auto --change-to 20 --items 320 [--algorithm aimd]
+        [--plot rate.png] [--burst 10]
 """
 
 from __future__ import annotations
@@ -45,8 +54,11 @@ from opero import opmap
 class QuotaServer:
     """The API's state: a rolling window of accepted arrivals, and what it answered."""
 
-    def __init__(self, quota: int, flaky: float, flaky_retry_after: bool) -> None:
-        self.quota = quota
+    def __init__(
+        self, quota: int, flaky: float, flaky_retry_after: bool, change: tuple[int, float]
+    ) -> None:
+        self.first_quota = quota
+        self.change = change  # (quota after, seconds after the first request): --change-to
         self.flaky = flaky
         self.flaky_retry_after = flaky_retry_after
         self.random = random.Random(18)  # the same flaky answers in every run
@@ -54,6 +66,8 @@ class QuotaServer:
 
     def reset(self) -> None:
         self.window: collections.deque[float] = collections.deque()
+        self.quota = self.first_quota
+        self.arrivals: list[tuple[float, int]] = []  # (time, status): the run's timeline
         self.counts: dict[str, float] = {
             "accepted": 0,
             "throttled": 0,
@@ -66,7 +80,7 @@ class QuotaServer:
         """Status, extra headers and body for one GET of `target`."""
         url = urlsplit(target)
         if url.path == "/stats":
-            return 200, {}, json.dumps(self.counts).encode()
+            return 200, {}, json.dumps({**self.counts, "arrivals": self.arrivals}).encode()
         if url.path == "/reset":
             self.reset()
             return 200, {}, b"{}"
@@ -74,9 +88,14 @@ class QuotaServer:
         now = time.monotonic()
         while self.window and self.window[0] <= now - 1.0:
             self.window.popleft()
+        after, at = self.change
+        if after and self.counts["first"] and now - self.counts["first"] >= at:
+            self.quota = after  # the provider changed its quota, and said nothing
         if len(self.window) >= self.quota:  # rejected requests do not count against it
             self.counts["throttled"] += 1
+            self.arrivals.append((now, 429))
             return 429, {"Retry-After": "1"}, b"{}"
+        self.arrivals.append((now, 200))
         self.window.append(now)
         self.counts["first"] = self.counts["first"] or now  # time.monotonic is system-wide
         self.counts["last"] = now
@@ -104,8 +123,10 @@ class QuotaServer:
             writer.close()
 
 
-async def serve(quota: int, flaky: float, flaky_retry_after: bool) -> None:
-    state = QuotaServer(quota, flaky, flaky_retry_after)
+async def serve(
+    quota: int, flaky: float, flaky_retry_after: bool, change: tuple[int, float]
+) -> None:
+    state = QuotaServer(quota, flaky, flaky_retry_after, change)
     server = await asyncio.start_server(state.handle, "127.0.0.1", 0, backlog=256)
     print(server.sockets[0].getsockname()[1], flush=True)  # the parent reads the port
     async with server:
@@ -115,6 +136,7 @@ async def serve(quota: int, flaky: float, flaky_retry_after: bool) -> None:
 def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str]:
     command = [sys.executable, __file__, "--serve", "--quota", str(args.quota)]
     command += ["--flaky", str(args.flaky)]
+    command += ["--change-to", str(args.change_to), "--change-at", str(args.change_at)]
     if args.flaky_retry_after:
         command.append("--flaky-retry-after")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
@@ -163,10 +185,18 @@ def close_clients() -> None:
 def run_mode(mode: str, args: argparse.Namespace, base: str) -> dict[str, float]:
     """Map every item once in `mode`; what came back and how long it took."""
     pauses: list[Any] = []  # rate_limit_paused events (process mode: delivered here)
+    rates: list[tuple[float, float]] = []  # (time.time(), rate) of rate_limit_changed
+
+    def listen(event: Any) -> None:
+        if event.kind == "rate_limit_paused":
+            pauses.append(event)
+        elif event.kind == "rate_limit_changed":
+            rates.append((event.time, event.rate))
+
     options: dict[str, Any] = {
         "mode": mode,
         "workers": args.workers,
-        "rate_limit": args.limit,
+        "rate_limit": "auto" if args.auto else args.limit,
         "rate_limit_backpressure": not args.no_backpressure,
         "arg_fallback": "variant",
         "retries": 6,
@@ -176,11 +206,15 @@ def run_mode(mode: str, args: argparse.Namespace, base: str) -> dict[str, float]
         "cache": False,
         "progress": False,
         "return_exceptions": True,
-        "on_event": lambda event: pauses.append(event) if event.kind == "rate_limit_paused" else 0,
+        "on_event": listen,
     }
+    if args.auto and args.limit_max:
+        options["rate_limit_max"] = args.limit_max
+    if args.burst > 1:
+        options["rate_limit_burst"] = args.burst
     items = list(range(args.items))
     mapped = opmap(**options)(afetch if mode == "async" else fetch)
-    started = time.monotonic()
+    started, clock = time.monotonic(), time.time()
     if mode == "async":
         results = asyncio.run(mapped(items, base, variant=list(VARIANTS)))
     else:
@@ -188,7 +222,14 @@ def run_mode(mode: str, args: argparse.Namespace, base: str) -> dict[str, float]
     wall = time.monotonic() - started
     close_clients()  # and leave none behind: process mode pickles `_clients` by value
     right = sum(result == item * item for item, result in zip(items, results, strict=True))
-    return {"right": right, "wall": wall, "started": started, "pauses": len(pauses)}
+    return {
+        "right": right,
+        "wall": wall,
+        "started": started,
+        "pauses": len(pauses),
+        # The rate's curve on the monotonic clock (the server's arrivals are on it too).
+        "rates": [(started + stamp - clock, rate) for stamp, rate in sorted(rates)],
+    }
 
 
 def server_counts(base: str, path: str) -> dict[str, Any]:
@@ -219,6 +260,72 @@ def report(mode: str, args: argparse.Namespace, outcome: dict[str, float], count
     )
 
 
+def quota_at(args: argparse.Namespace, since_first: float) -> int:
+    changed = args.change_to and since_first >= args.change_at
+    return int(args.change_to) if changed else int(args.quota)
+
+
+def report_window(args: argparse.Namespace, outcome: dict[str, Any], counts: Any) -> str:
+    """The first `--seconds` after the first request: accepted requests against what the
+    quota allowed then, and the share of requests answered 429."""
+    arrivals = counts["arrivals"]
+    if not arrivals:
+        return "no requests"
+    first = arrivals[0][0]
+    inside = [status for at, status in arrivals if at - first < args.seconds]
+    allowed = sum(quota_at(args, t / 100) for t in range(int(args.seconds * 100))) / 100
+    accepted = sum(status == 200 for status in inside)
+    throttled = sum(status == 429 for status in inside)
+    return (
+        f"after {args.seconds:g}s: {accepted / allowed:.1%} of the quota "
+        f"({accepted}/{allowed:.0f}), {throttled / max(1, len(inside)):.1%} answered 429 "
+        f"({throttled}/{len(inside)}), items right {outcome['right']:.0f}/{args.items}"
+    )
+
+
+def plot(path: str, curves: dict[str, Any], args: argparse.Namespace) -> None:
+    """The rate over time per mode, against the quota (matplotlib, only with --plot)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(9, 4.5))
+    seconds = [t / 10 for t in range(int(args.seconds * 10) + 1)]
+    axes.step(seconds, [quota_at(args, t) for t in seconds], "k--", where="post", label="quota")
+    for mode, (first, rates) in curves.items():
+        points = [(at - first, rate) for at, rate in rates if 0 <= at - first <= args.seconds]
+        axes.step(*zip(*points, strict=True), where="post", label=f"rate ({mode})")
+    axes.set(xlabel="seconds since the first request", ylabel="attempts per second")
+    axes.set_title(f'rate_limit="auto", {args.workers} workers, quota changed mid-run')
+    axes.legend()
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+
+
+def run_all(args: argparse.Namespace, base: str) -> None:
+    """Every mode, `--runs` times, against the server at `base`; then the plot."""
+    limit = "'auto'" if args.auto else f"{args.limit:g}"
+    change_to = f" -> {args.change_to}/s at {args.change_at:g}s" if args.change_to else ""
+    print(
+        f"quota {args.quota}/s{change_to} rolling, rate_limit={limit}, {args.items} items, "
+        f"{args.workers} workers, flaky 503 {args.flaky:.0%}, "
+        f"backpressure {'off' if args.no_backpressure else 'on'}"
+    )
+    print(HEADER)
+    curves: dict[str, Any] = {}
+    for _ in range(args.runs):
+        for mode in args.modes.split(","):
+            server_counts(base, "/reset")
+            outcome = run_mode(mode, args, base)
+            counts = server_counts(base, "/stats")
+            report(mode, args, outcome, counts)
+            print(f"           {report_window(args, outcome, counts)}")
+            if counts["arrivals"]:
+                curves[mode] = (counts["arrivals"][0][0], outcome["rates"])
+    if args.plot:
+        plot(args.plot, curves, args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
@@ -230,27 +337,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flaky", type=float, default=0.0, help="503 share of primary")
     parser.add_argument("--flaky-retry-after", action="store_true")
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--auto", action="store_true", help='rate_limit="auto"')
+    parser.add_argument("--limit-max", type=float, default=None, help="rate_limit_max (auto)")
+    parser.add_argument("--algorithm", default=None, help="auto: cubic or aimd")
+    parser.add_argument("--burst", type=int, default=1, help="rate_limit_burst")
+    parser.add_argument("--change-to", type=int, default=0, help="quota after --change-at")
+    parser.add_argument("--change-at", type=float, default=5.0, help="seconds after the first")
+    parser.add_argument("--seconds", type=float, default=10.0, help="the window reported")
+    parser.add_argument("--plot", default=None, help="save the rate over time (matplotlib)")
     parser.add_argument(
         "--no-backpressure", action="store_true", help="rate_limit_backpressure=False"
     )
     args = parser.parse_args(argv)
+    change = (args.change_to, args.change_at)
     if args.serve:
-        asyncio.run(serve(args.quota, args.flaky, args.flaky_retry_after))
+        asyncio.run(serve(args.quota, args.flaky, args.flaky_retry_after, change))
         return 0
+    if args.algorithm:  # read when the limit is built, and pickled into worker processes
+        from opero._policies import adaptive
+
+        adaptive.DEFAULT_ALGORITHM = args.algorithm
     args.limit = args.limit or 0.75 * args.quota
     server, base = start_server(args)
     try:
-        print(
-            f"quota {args.quota}/s rolling, rate_limit={args.limit:g}, {args.items} items, "
-            f"{args.workers} workers, flaky 503 {args.flaky:.0%}, "
-            f"backpressure {'off' if args.no_backpressure else 'on'}"
-        )
-        print(HEADER)
-        for _ in range(args.runs):
-            for mode in args.modes.split(","):
-                server_counts(base, "/reset")
-                outcome = run_mode(mode, args, base)
-                report(mode, args, outcome, server_counts(base, "/stats"))
+        run_all(args, base)
     finally:
         server.terminate()
         server.wait(timeout=10)

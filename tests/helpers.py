@@ -176,6 +176,11 @@ def pause_limiter(limiter: object, seconds: float, out: object) -> None:
     out.put(limiter.pause(seconds))  # type: ignore[attr-defined]
 
 
+def slow_down_limiter(limiter: object, out: object) -> None:
+    """In a worker process: cut an adaptive limiter's rate, then say to what on `out`."""
+    out.put(limiter.slow_down(0.0))  # type: ignore[attr-defined]
+
+
 class Throttled(Exception):
     """A throttling answer as SDKs raise it: a status code and a Retry-After delay.
     Module-level, so that it travels back from worker processes as itself."""

@@ -102,8 +102,11 @@ class _Map:
             from opero._maps.start import context_for
             from opero._policies.rate_limit import SharedRateLimiter
 
-            assert self.options.rate_limit is not None
-            limiter = SharedRateLimiter(self.options.rate_limit, context_for(kind, method))
+            # The same rate and curve as this process's limit, in shared memory.
+            adaptation = getattr(step.limiter, "adaptation", None)
+            rate = adaptation.initial_rate() if adaptation else 1.0 / step.limiter.interval
+            burst = getattr(step.limiter, "burst", 1)
+            limiter = SharedRateLimiter(rate, context_for(kind, method), adaptation, burst)
             limiter = self.limiters.setdefault((kind, method), limiter)
         if method == "fork":  # the workers inherit the parent's pipeline: put it there
             step.limiter = limiter

@@ -35,6 +35,9 @@ RATE_LIMIT_WAIT = "rate_limit_wait"
 # A throttling answer (429, or 503 with Retry-After) paused the function's rate limit
 # for every caller, or made its pause longer: `delay` is the pause, `error` the type.
 RATE_LIMIT_PAUSED = "rate_limit_paused"
+# An adaptive rate limit moved (cut by a throttling answer, or growing back): `rate` is
+# the new rate in attempts a second, as the process that reports it sees it.
+RATE_LIMIT_CHANGED = "rate_limit_changed"
 ATTEMPT_SUCCEEDED = "attempt_succeeded"
 ATTEMPT_FAILED = "attempt_failed"
 ATTEMPT_TIMED_OUT = "attempt_timed_out"
@@ -67,6 +70,7 @@ EVENT_KINDS = (
     ATTEMPT_STARTED,
     RATE_LIMIT_WAIT,
     RATE_LIMIT_PAUSED,
+    RATE_LIMIT_CHANGED,
     ATTEMPT_SUCCEEDED,
     ATTEMPT_FAILED,
     ATTEMPT_TIMED_OUT,
@@ -105,6 +109,7 @@ class Event(NamedTuple):
     state: str | None = None  # breaker state, for breaker_* events
     time: float = 0.0  # time.time() when it happened
     item: int | None = None  # 0-based input index, for the item_* events of a map
+    rate: float | None = None  # attempts a second, for rate_limit_changed
 
 
 Hook = Callable[[Event], object]

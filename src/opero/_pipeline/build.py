@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
@@ -31,6 +32,7 @@ from opero._pipeline.wrappers import (
 from opero._policies.retry import RetryPolicy, retry_sync
 
 if TYPE_CHECKING:
+    from opero._policies.adaptive import Adaptation
     from opero._policies.budget import BudgetTracker
     from opero._policies.rate_limit import RateLimitStep
     from opero._results import Err, Ok
@@ -347,7 +349,8 @@ def build_rate_limit_step(func: Any, options: OperoOptions) -> RateLimitStep:
     """The step `options.rate_limit` asks for (at decoration)."""
     from opero._policies.rate_limit import LocalRateLimiter, RateLimiter, RateLimitStep
 
-    rate = float(cast(float, options.rate_limit))
+    adaptation = _adaptation(options)
+    rate = adaptation.initial_rate() if adaptation else float(cast(float, options.rate_limit))
     limiter: RateLimiter
     if options.rate_limit_backend == "redis":
         key = options.rate_limit_key
@@ -357,9 +360,9 @@ def build_rate_limit_step(func: Any, options: OperoOptions) -> RateLimitStep:
             key = f"opero:{options.cache_namespace}:ratelimit:{function_identity(func)}"
         from opero._policies.rate_limit_redis import RedisRateLimiter
 
-        limiter = RedisRateLimiter(rate, key)
+        limiter = RedisRateLimiter(rate, key, adaptation=adaptation)
     else:
-        limiter = LocalRateLimiter(rate)
+        limiter = LocalRateLimiter(rate, adaptation, options.rate_limit_burst)
     # A pause lasts at most as long as the retry step obeys a Retry-After.
     backpressure = options.rate_limit_backpressure
     return RateLimitStep(limiter, backpressure=backpressure, max_pause=options.max_delay)
@@ -387,3 +390,16 @@ def as_result(call: Callable[..., Any]) -> Callable[..., Any]:
             return Err(exc)
 
     return result
+
+
+def _adaptation(options: OperoOptions) -> Adaptation | None:
+    """How the limit adapts: "auto" from slow start up to `rate_limit_max`; a fixed rate
+    cut by throttling answers and growing back to itself, while backpressure is on."""
+    if not options.rate_limit_backpressure:
+        return None
+    from opero._policies.adaptive import Adaptation
+
+    if options.rate_limit == "auto":
+        ceiling = options.rate_limit_max
+        return Adaptation(math.inf if ceiling is None else float(ceiling))
+    return Adaptation(float(cast(float, options.rate_limit)), found=True)

@@ -163,8 +163,21 @@ MIN_RATE_LIMIT = 1 / (366 * 24 * 3600)
 
 
 def _rate_limit(where: str, value: object) -> None:
-    if value is None:
+    if value is None or value == "auto":
         return
+    if isinstance(value, str):
+        raise TypeError(
+            f"{where} must be a number (attempts per second), 'auto' or None, got {value!r}"
+        )
+    _rate(where, value)
+
+
+def _rate_limit_max(where: str, value: object) -> None:
+    if value is not None:
+        _rate(where, value)
+
+
+def _rate(where: str, value: object) -> None:
     _number(where, value, low=0, low_inclusive=False)
     assert isinstance(value, int | float)
     if value < MIN_RATE_LIMIT:
@@ -255,6 +268,8 @@ CHECKS: dict[str, Callable[[str, Any], None]] = {
     "fallback": _fallback_functions,
     "hedge_after": _hedge_after,
     "rate_limit": _rate_limit,
+    "rate_limit_max": _rate_limit_max,
+    "rate_limit_burst": _int_at_least(1),
     "rate_limit_backend": _rate_limit_backend,
     "rate_limit_key": _non_empty_str_or_none,
     "rate_limit_backpressure": _bool,

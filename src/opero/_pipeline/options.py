@@ -37,7 +37,9 @@ class OperoKwargs(TypedDict, total=False):
     arg_fallback: str | None
     fallback: Callable[..., Any] | Sequence[Callable[..., Any]] | None
     hedge_after: float | Sequence[float] | None
-    rate_limit: float | None
+    rate_limit: float | str | None
+    rate_limit_max: float | None
+    rate_limit_burst: int
     rate_limit_backend: str
     rate_limit_key: str | None
     rate_limit_backpressure: bool
@@ -72,7 +74,10 @@ class OperoOptions(NamedTuple):
     fallback: Callable[..., Any] | Sequence[Callable[..., Any]] | None = None
     # After build_options: seconds, a tuple of them, or None.
     hedge_after: float | Sequence[float] | None = None
-    rate_limit: float | None = None
+    # A number of attempts per second, or "auto": found from the server's answers.
+    rate_limit: float | str | None = None
+    rate_limit_max: float | None = None  # the ceiling of rate_limit="auto"
+    rate_limit_burst: int = 1  # attempts that may go at once (a token bucket); 1: none
     rate_limit_backend: str = "local"
     rate_limit_key: str | None = None
     # A 429 (or 503 with Retry-After) pauses the limit for every caller.
@@ -120,6 +125,8 @@ def build_options(
             f"({options.rate_limit_backpressure!r}) needs a rate_limit (attempts per second): "
             "it pauses that limit"
         )
+    _check_adaptive(decorator, options)
+    _check_burst(decorator, options, given)
     if options.rate_limit_backend == "redis" and options.rate_limit is None:
         raise ValueError(
             f"{decorator}(): rate_limit_backend='redis' needs a rate_limit (attempts per second)"
@@ -140,6 +147,35 @@ def build_options(
             f"min_delay ({options.min_delay!r}); max_delay defaults to 30.0, raise it too"
         )
     return _normalized(decorator, options)
+
+
+def _check_adaptive(decorator: str, options: OperoOptions) -> None:
+    """`rate_limit="auto"` learns from throttling answers: it needs backpressure on, and
+    only it has a ceiling apart from its rate."""
+    if options.rate_limit_max is not None and options.rate_limit != "auto":
+        raise ValueError(
+            f"{decorator}(): rate_limit_max ({options.rate_limit_max!r}) is the ceiling of "
+            f"rate_limit='auto', got rate_limit={options.rate_limit!r} (a fixed rate_limit "
+            "is its own ceiling)"
+        )
+    if options.rate_limit == "auto" and not options.rate_limit_backpressure:
+        raise ValueError(
+            f"{decorator}(): rate_limit='auto' finds the rate from throttling answers, "
+            "which rate_limit_backpressure=False ignores"
+        )
+
+
+def _check_burst(decorator: str, options: OperoOptions, given: dict[str, Any]) -> None:
+    if "rate_limit_burst" in given and options.rate_limit is None:
+        raise ValueError(
+            f"{decorator}(): rate_limit_burst ({options.rate_limit_burst!r}) needs a "
+            "rate_limit (attempts per second): it is that limit's bucket"
+        )
+    if options.rate_limit_burst > 1 and options.rate_limit_backend == "redis":
+        raise ValueError(
+            f"{decorator}(): rate_limit_burst ({options.rate_limit_burst!r}) is not "
+            "supported with rate_limit_backend='redis' yet"
+        )
 
 
 def _normalized(decorator: str, options: OperoOptions) -> OperoOptions:

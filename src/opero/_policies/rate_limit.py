@@ -29,8 +29,16 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-from opero._observe.events import RATE_LIMIT_PAUSED, RATE_LIMIT_WAIT, call_id, current_call
-from opero._utils import testing_state
+from opero._observe.events import (
+    RATE_LIMIT_CHANGED,
+    RATE_LIMIT_PAUSED,
+    RATE_LIMIT_WAIT,
+    call_id,
+    current_call,
+)
+from opero._policies.adaptive import RELEASED, RETUNE_AT, W_MAX, Adaptation
+from opero._policies.rate_limit_shared import SharedRateLimiter
+from opero._policies.rate_limit_wait import wait_async, wait_sync
 
 if TYPE_CHECKING:
     from opero._timeouts.total import TotalTimeout
@@ -49,6 +57,15 @@ class RateLimiter(Protocol):
     def release(self) -> float: ...
 
 
+__all__ = [
+    "LocalRateLimiter",
+    "RateLimitStep",
+    "RateLimiter",
+    "SharedRateLimiter",
+    "wait_async",
+    "wait_sync",
+]
+
 # Most given-back starts a local limiter keeps for later takers. Past that, a given-back
 # start pulls the end of the schedule back one interval instead: the last two waiters
 # may then share a start, and `release` spaces them.
@@ -64,17 +81,29 @@ class LocalRateLimiter:
     cost the others no throughput.
     """
 
-    def __init__(self, rate: float) -> None:
+    def __init__(self, rate: float, adaptation: Adaptation | None = None, burst: int = 1) -> None:
         self.interval = 1.0 / rate
+        # A token bucket of `burst`: starts and releases may run that many intervals
+        # minus one ahead of the even schedule (the generic cell rate algorithm's
+        # tolerance); 1 is the even schedule itself.
+        self.burst = burst
+        self._extra = float(burst - 1)
         self._next_start = 0.0
-        self._last_release = -math.inf
+        self._release_at = -math.inf  # the even schedule's next release
         self._lock = threading.Lock()
         self._holes: list[float] = []  # a heap of given-back starts
         self._paused_until = -math.inf
+        # The rate's curve (see `opero._policies.adaptive`); without one, never retuned.
+        self.adaptation = adaptation
+        self._curve = (adaptation or Adaptation(rate, found=True)).initial_state()
 
     def take(self) -> float:
         with self._lock:
             now = time.monotonic()
+            if now >= self._curve[RETUNE_AT]:  # the rate moves: recompute it
+                assert self.adaptation is not None
+                binding = self._next_start > now
+                self._set_rate(self.adaptation.retune(self._curve, now, binding), now)
             holes = self._holes
             if holes:
                 while holes and holes[0] < now - self.interval:
@@ -83,6 +112,8 @@ class LocalRateLimiter:
                     return heapq.heappop(holes)
             start = max(now, self._next_start)
             self._next_start = start + self.interval
+            if self._extra:  # a burst: up to `burst` turns early, never inside a pause
+                start = max(now, start - self._extra * self.interval, self._paused_until)
         return start
 
     def give_back(self, start: float) -> None:
@@ -98,9 +129,14 @@ class LocalRateLimiter:
     def release(self) -> float:
         with self._lock:
             now = time.monotonic()
-            ready = self._last_release + self.interval
+            ready = self._release_at
+            if self._extra:
+                ready = max(ready - self._extra * self.interval, self._paused_until)
             if now >= ready:
-                self._last_release = now
+                # Without a burst the schedule is never behind a release that goes.
+                at = max(self._release_at, now) if self._extra else now
+                self._release_at = at + self.interval
+                self._curve[RELEASED] += 1  # the measured rate (see adaptive.measure)
                 return 0.0
         return ready - now
 
@@ -113,144 +149,43 @@ class LocalRateLimiter:
                 return False
             self._paused_until = until
             self._next_start = max(self._next_start, until)
-            # The first release after the pause may go at its end, the next one interval on.
-            self._last_release = max(self._last_release, until - self.interval)
+            # The first release after the pause may go at its end (and a burst with it).
+            self._release_at = max(self._release_at, until)
         return True
 
-
-class SharedRateLimiter:
-    """One limit for all processes of this machine that received this object.
-
-    The times live in shared memory behind a process-shared lock; `time.monotonic` is
-    the system-wide monotonic clock, the same in every process. Pass the object to worker
-    processes when they start (as a `Process` argument or pool initializer) created with
-    the same multiprocessing context as `context`.
-    """
-
-    def __init__(self, rate: float, context: Any = None) -> None:
-        import multiprocessing
-
-        ctx = context or multiprocessing.get_context()
-        self.interval = 1.0 / rate
-        # Next start, last release, end of the pause (see `LocalRateLimiter.pause`).
-        self._times = ctx.Array("d", [0.0, -math.inf, -math.inf], lock=True)
-
-    def take(self) -> float:
-        with self._times.get_lock():
-            start = max(time.monotonic(), self._times[0])
-            self._times[0] = start + self.interval
-        return float(start)
-
-    def give_back(self, start: float) -> None:
-        """Undo the reservation of `start` if it is still the last one (holes in the
-        middle of the schedule are not kept across processes)."""
-        with self._times.get_lock():
-            if abs(self._times[0] - self.interval - start) < 1e-9:
-                self._times[0] = start
-
-    def release(self) -> float:
-        with self._times.get_lock():
+    def slow_down(self, start: float) -> float | None:
+        """A throttling answer to the attempt released at `start`: cut the rate (after
+        the pause, if one runs). Returns the new rate, or None if nothing was cut."""
+        adaptation = self.adaptation
+        if adaptation is None:
+            return None
+        with self._lock:
             now = time.monotonic()
-            ready = self._times[1] + self.interval
-            if now >= ready:
-                self._times[1] = now
-                return 0.0
-        return float(ready - now)
+            resume = max(now, self._paused_until)
+            if not adaptation.cut(self._curve, now, start, resume):
+                return None
+            rate = adaptation.rate_at(self._curve[W_MAX], 0.0)
+            self._set_rate(rate, now)
+        return rate
 
-    def pause(self, seconds: float) -> bool:
-        """As `LocalRateLimiter.pause`, for every process sharing this limit."""
-        times = self._times
-        with times.get_lock():
-            until = time.monotonic() + seconds
-            if until <= times[2]:
-                return False
-            times[2] = until
-            times[0] = max(times[0], until)
-            times[1] = max(times[1], until - self.interval)
-        return True
+    def _set_rate(self, rate: float, now: float) -> None:
+        """A new rate (under the lock): the schedule still ahead is stretched or squeezed
+        with it, as its waiters do with their own starts (see `follow`), from the end of
+        the pause if one runs (the pause itself stays as the server asked)."""
+        interval = 1.0 / rate
+        base = max(now, self._paused_until)
+        if self._next_start > base:
+            self._next_start = base + (self._next_start - base) * interval / self.interval
+        self.interval = interval
 
+    @property
+    def paused_until(self) -> float:
+        return self._paused_until
 
-# How early a waiter wakes before its turn, to finish the wait by yielding: time.sleep
-# overshoots by ~0.1 ms, asyncio timers by up to 1 ms (epoll's resolution). Sleeping
-# right up to each turn would make every release late by that much, and since releases
-# are kept one interval apart, the lateness would add up and cost throughput.
-THREAD_EARLY = 0.0003
-TASK_EARLY = 0.0015
-# Waits shorter than this are polled without yielding (a high limit, e.g. 10^6/s, must
-# add only about its own interval to a call, and a yield costs microseconds).
-BUSY_BELOW = 0.00005
-
-
-def wait_sync(limiter: RateLimiter, total: TotalTimeout | None = None) -> None:
-    """Block the calling thread until its reserved start, then until it is released.
-
-    A start past the call's deadline (`total`) fails at once; a reservation its waiter
-    does not use (the deadline, Ctrl-C) is given back."""
-    if testing_state.state.active:
-        return
-    start = limiter.take()
-    coarse = start - time.monotonic() - THREAD_EARLY
-    if coarse > 0.0:
-        _check_deadline(limiter, start, total)
-        try:
-            time.sleep(coarse)
-        except BaseException:
-            _give_back(limiter, start)
-            raise
-    while (extra := limiter.release()) > 0.0:
-        if extra > BUSY_BELOW:  # else poll at once: a syscall costs more than the wait
-            _check_release(extra, total)
-            # time.sleep(0) yields the GIL: other threads run while this one polls.
-            time.sleep(extra - THREAD_EARLY if extra > 2 * THREAD_EARLY else 0)
-
-
-async def wait_async(limiter: RateLimiter, total: TotalTimeout | None = None) -> None:
-    """Wait, without blocking the event loop, for the reserved start and the release;
-    as `wait_sync` for deadlines, and a cancelled waiter gives its start back."""
-    if testing_state.state.active:
-        return
-    import asyncio
-
-    blocking = getattr(limiter, "blocking_io", False)
-    start = await asyncio.to_thread(limiter.take) if blocking else limiter.take()
-    coarse = start - time.monotonic() - TASK_EARLY
-    if coarse > 0.0:
-        _check_deadline(limiter, start, total)
-        try:
-            await asyncio.sleep(coarse)
-        except BaseException:  # cancelled while waiting for its turn
-            _give_back(limiter, start)
-            raise
-    release = limiter.release
-    while (extra := (await asyncio.to_thread(release) if blocking else release())) > 0.0:
-        if extra > BUSY_BELOW:
-            _check_release(extra, total)
-            # A wait for a point in time, not an event; sleep(0) lets other tasks run.
-            await asyncio.sleep(extra - TASK_EARLY if extra > 2 * TASK_EARLY else 0)
-
-
-def _check_deadline(limiter: RateLimiter, start: float, total: TotalTimeout | None) -> None:
-    """A reserved start past the call's deadline: give it back and fail now."""
-    if total is None:
-        return
-    deadline = total.deadline()
-    if deadline is not None and start > deadline:
-        _give_back(limiter, start)
-        raise total.error(None)
-
-
-def _check_release(extra: float, total: TotalTimeout | None) -> None:
-    """A release held past the call's deadline (a long pause): fail now, not after it."""
-    if total is not None:
-        deadline = total.deadline()
-        if deadline is not None and time.monotonic() + extra > deadline:
-            raise total.error(None)
-
-
-def _give_back(limiter: RateLimiter, start: float) -> None:
-    give_back = getattr(limiter, "give_back", None)
-    if give_back is not None:
-        give_back(start)
+    @property
+    def moving(self) -> bool:
+        """Whether the rate moves now (adaptive, below its ceiling or just cut)."""
+        return self._curve[RETUNE_AT] != math.inf
 
 
 class RateLimitStep:
@@ -260,9 +195,9 @@ class RateLimitStep:
     With `backpressure`, a failed attempt whose exception is a throttling answer (see
     `opero._policies.backpressure`) pauses `limiter` for every caller, at most
     `max_pause` seconds (the retry step's `max_delay`, the longest it obeys a
-    Retry-After)."""
+    Retry-After), and cuts an adaptive limiter's rate (`opero._policies.adaptive`)."""
 
-    __slots__ = ("backpressure", "limiter", "max_pause", "observer", "total")
+    __slots__ = ("backpressure", "limiter", "max_pause", "observer", "reported", "total")
 
     def __init__(
         self, limiter: RateLimiter, *, backpressure: bool = True, max_pause: float = 30.0
@@ -272,6 +207,7 @@ class RateLimitStep:
         self.max_pause = max_pause
         self.observer: Any = None  # an events.Observer: waits are events while it is on
         self.total: TotalTimeout | None = None  # the call's deadline, when it has one
+        self.reported = 0.0  # the interval last reported by a rate_limit_changed event
 
     def wrap_sync(self, func: Any) -> Any:
         step = self
@@ -280,15 +216,15 @@ class RateLimitStep:
             observer = step.observer
             if observer is not None and observer.on:
                 began = time.monotonic()
-                wait_sync(step.limiter, step.total)
+                start = wait_sync(step.limiter, step.total)
                 step.report_wait(time.monotonic() - began)
             else:
-                wait_sync(step.limiter, step.total)
+                start = wait_sync(step.limiter, step.total)
             try:
                 return func(*args, **kwargs)
             except Exception as exc:  # free until raised (zero-cost try)
                 if step.backpressure:
-                    step.throttled(exc)
+                    step.throttled(exc, start)
                 raise
 
         return limited
@@ -300,40 +236,70 @@ class RateLimitStep:
             observer = step.observer
             if observer is not None and observer.on:
                 began = time.monotonic()
-                await wait_async(step.limiter, step.total)
+                start = await wait_async(step.limiter, step.total)
                 step.report_wait(time.monotonic() - began)
             else:
-                await wait_async(step.limiter, step.total)
+                start = await wait_async(step.limiter, step.total)
             try:
                 return await func(*args, **kwargs)
             except Exception as exc:
                 if step.backpressure:
-                    await step.throttled_async(exc)
+                    await step.throttled_async(exc, start)
                 raise
 
         return limited
 
-    def throttled(self, exc: BaseException) -> None:
-        """A failed attempt: if the server said to slow down, pause every caller."""
+    def throttled(self, exc: BaseException, start: float = math.inf) -> None:
+        """A failed attempt, released at `start`: if the server said to slow down, pause
+        every caller, and cut an adaptive rate."""
         from opero._policies.backpressure import throttle_pause  # the failure path only
 
         seconds = throttle_pause(exc, self.max_pause)
+        if seconds is None:
+            return
         pause = getattr(self.limiter, "pause", None)
-        if seconds is not None and seconds > 0.0 and pause is not None and pause(seconds):
+        if seconds > 0.0 and pause is not None and pause(seconds):
             self.report_pause(seconds, exc)
+        slow_down = getattr(self.limiter, "slow_down", None)
+        rate = slow_down(start) if slow_down is not None else None
+        if rate is not None:
+            from opero._utils.logging import log
 
-    async def throttled_async(self, exc: BaseException) -> None:
+            name = self.observer.function if self.observer is not None else "?"
+            log().info(
+                "{}: a {} answer cut the rate limit to {:.3g}/s [call {}]",
+                name,
+                type(exc).__name__,
+                rate,
+                call_id(),
+            )
+            self.report_rate()
+
+    async def throttled_async(self, exc: BaseException, start: float = math.inf) -> None:
         if getattr(self.limiter, "blocking_io", False):  # Redis: off the event loop
             import asyncio
 
-            await asyncio.to_thread(self.throttled, exc)
+            await asyncio.to_thread(self.throttled, exc, start)
         else:
-            self.throttled(exc)
+            self.throttled(exc, start)
 
     def report_wait(self, waited: float) -> None:
-        """An observed attempt waited `waited` seconds for its turn (reported from 1 ms)."""
+        """An observed attempt waited `waited` seconds for its turn (reported from 1 ms),
+        and the rate it was released at, if that changed since the last report."""
         if waited >= 0.001 and self.observer is not None:
             self.observer.emit(RATE_LIMIT_WAIT, current_call.get(), delay=waited)
+        self.report_rate()
+
+    def report_rate(self) -> None:
+        """A rate_limit_changed event if the limiter's rate moved since the last one."""
+        interval = getattr(self.limiter, "interval", None)
+        observer = self.observer
+        if interval is None or interval == self.reported or observer is None or not observer.on:
+            return
+        first = self.reported == 0.0
+        self.reported = interval
+        if not first or getattr(self.limiter, "adaptation", None) is not None:
+            observer.emit(RATE_LIMIT_CHANGED, current_call.get(), rate=1.0 / interval)
 
     def report_pause(self, seconds: float, exc: BaseException) -> None:
         """The limit was paused (or its pause made longer) by the answer `exc`."""

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import math
 import time
+from typing import TYPE_CHECKING, Any
 
 from opero._policies.rate_limit import LocalRateLimiter
+
+if TYPE_CHECKING:
+    from opero._policies.adaptive import Adaptation
 
 _TAKE_LUA = """
 if redis.replicate_commands then redis.replicate_commands() end
@@ -65,37 +69,77 @@ class RedisRateLimiter:
     at least one interval apart as Redis sees them; what a service sees also varies by
     each client's network latency. Resolution 1 µs, intervals rounded up. If Redis cannot
     be reached, a local limiter of the same rate takes over and a warning is logged once
-    per outage.
+    per outage. With an `adaptation`, the rate's curve is shared through Redis too (see
+    `opero._policies.rate_limit_redis_adaptive`).
     """
 
     blocking_io = True  # async callers talk to Redis from a worker thread
 
-    def __init__(self, rate: float, key: str, url: str | None = None) -> None:
+    def __init__(
+        self, rate: float, key: str, url: str | None = None, adaptation: Adaptation | None = None
+    ) -> None:
         import os
 
         from opero._utils.redis import DEFAULT_REDIS_URL, import_redis
 
         redis = import_redis()
 
-        self.keys = [key], [f"{key}:last"]
-        self.args = [max(1, math.ceil(1_000_000 / rate))]
         url = url or os.environ.get("OPERO_REDIS_URL") or DEFAULT_REDIS_URL
         self._client = redis.Redis.from_url(url)
-        self._take = self._client.register_script(_TAKE_LUA)
-        self._release = self._client.register_script(_RELEASE_LUA)
+        self.interval = 1.0 / rate
+        self.adaptation = adaptation
+        if adaptation is None:
+            self.keys = [key], [f"{key}:last"]
+            take, release = _TAKE_LUA, _RELEASE_LUA
+        else:
+            from opero._policies import rate_limit_redis_adaptive as lua
+
+            self.keys = [key, f"{key}:curve"], [f"{key}:last", f"{key}:n"]
+            self.curve_keys = [f"{key}:curve", f"{key}:n"]
+            take, release = lua.TAKE_LUA, lua.RELEASE_LUA
+            self._cut = self._client.register_script(lua.CUT_LUA)
+        self.args = [max(1, math.ceil(1_000_000 / rate))]
+        self._take = self._client.register_script(take)
+        self._release = self._client.register_script(release)
         self._pause = self._client.register_script(_PAUSE_LUA)
-        self._fallback = LocalRateLimiter(rate)
+        self._fallback = LocalRateLimiter(rate, adaptation)
         self._down = False
 
     def take(self) -> float:
         try:
-            wait_us = self._take(keys=self.keys[0], args=self.args)
+            answer = self._take(keys=self.keys[0], args=self._take_args())
         except Exception as exc:
             self._note_outage(exc)
             return self._fallback.take()
         self._down = False
+        if self.adaptation is None:
+            wait_us = answer
+        else:  # the curve as Redis keeps it: this client computes the rate from it
+            wait_us, w_max, since_us = (float(value) for value in answer)
+            self._set_rate(self.adaptation.rate_at(w_max, since_us / 1_000_000))
         # Redis answers with a wait on its own clock; the release step enforces spacing.
         return time.monotonic() + float(wait_us) / 1_000_000
+
+    def _take_args(self) -> list[Any]:
+        adaptation = self.adaptation
+        if adaptation is None:
+            return self.args
+        found = "1" if adaptation.found else "0"
+        return [*self.args, repr(adaptation.ceiling if adaptation.found else 0.0), found]
+
+    def _set_rate(self, rate: float) -> None:
+        self.interval = 1.0 / rate
+        self.args = [max(1, math.ceil(1_000_000 / rate))]
+
+    @property
+    def moving(self) -> bool:
+        """Whether the rate moves (adaptive, below its ceiling): waiters follow it."""
+        adaptation = self.adaptation
+        return adaptation is not None and 1.0 / self.interval < adaptation.ceiling
+
+    @property
+    def paused_until(self) -> float:
+        return self._fallback.paused_until  # the pause this process set, as it sees it
 
     def release(self) -> float:
         if self._down:
@@ -112,11 +156,31 @@ class RedisRateLimiter:
         doubles as the pause's end: the take step never schedules before it)."""
         self._fallback.pause(seconds)  # holds this process if Redis goes away meanwhile
         try:
-            keys = [*self.keys[0], *self.keys[1]]
+            keys = [self.keys[0][0], self.keys[1][0]]
             return bool(self._pause(keys=keys, args=[*self.args, math.ceil(seconds * 1e6)]))
         except Exception as exc:
             self._note_outage(exc)
             return True
+
+    def slow_down(self, start: float) -> float | None:
+        """As `LocalRateLimiter.slow_down`, once for every process using this key."""
+        adaptation = self.adaptation
+        if adaptation is None:
+            return None
+        fallback = self._fallback.slow_down(start)  # kept in step for an outage
+        now = time.monotonic()
+        ago = math.ceil(max(0.0, now - start) * 1e6)
+        pause = math.ceil(max(0.0, self.paused_until - now) * 1e6)
+        try:
+            w_max = self._cut(keys=self.curve_keys, args=[ago, pause, repr(1.0 / self.interval)])
+        except Exception as exc:
+            self._note_outage(exc)
+            return fallback
+        if w_max is None:
+            return None
+        rate = adaptation.rate_at(max(adaptation.floor, float(w_max)), 0.0)
+        self._set_rate(rate)
+        return rate
 
     def _note_outage(self, exc: Exception) -> None:
         if not self._down:

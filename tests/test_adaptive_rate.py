@@ -1,0 +1,341 @@
+"""Adaptive rate limits: rate_limit="auto" finds the server's rate, a fixed one is a
+ceiling that throttling lowers for a while. The curves are pure functions of time, so
+most tests give the time themselves; the limiters run on a fake clock."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import time
+from typing import Any
+
+import pytest
+
+from helpers import Throttled, slow_down_limiter
+from opero import opero
+from opero._observe.events import EVENT_KINDS, Event
+from opero._policies import adaptive, rate_limit, rate_limit_shared
+from opero._policies.adaptive import AIMD, CUBIC, SLOW_START, Adaptation
+from opero._policies.rate_limit import LocalRateLimiter, SharedRateLimiter
+
+BETA = adaptive.CUBIC_BETA  # the default algorithm's cut
+
+# --- the curves -----------------------------------------------------------------------
+
+
+def test_slow_start_doubles_until_the_first_throttle() -> None:
+    curve = Adaptation()
+    assert curve.rate_at(0.0, 0.0) == SLOW_START
+    assert curve.rate_at(0.0, adaptive.DOUBLING) == pytest.approx(2 * SLOW_START)
+    assert curve.rate_at(0.0, 1e9) < math.inf  # bounded: no overflow after a long run
+
+
+@pytest.mark.parametrize("algorithm", [CUBIC, AIMD])
+def test_a_cut_goes_to_beta_and_grows_back_to_where_it_was_throttled(algorithm: str) -> None:
+    curve = Adaptation(algorithm=algorithm)
+    beta = adaptive.CUBIC_BETA if algorithm == CUBIC else adaptive.AIMD_BETA
+    assert curve.rate_at(40.0, 0.0) == pytest.approx(beta * 40)
+    back = curve.rate_at(40.0, 2.0)
+    assert beta * 40 < back <= 41.0  # most of the way back in 3 s, not beyond
+    assert curve.rate_at(40.0, 30.0) > 40.0  # then it probes above again
+
+
+def test_cubic_stays_near_the_last_throttled_rate_longer_than_aimd() -> None:
+    """CUBIC's point: flat around w_max, where the last throttling happened."""
+    cubic, aimd = Adaptation(algorithm=CUBIC), Adaptation(algorithm=AIMD)
+    near = [t / 10 for t in range(100) if abs(cubic.rate_at(40.0, t / 10) - 40) < 2]
+    near_aimd = [t / 10 for t in range(100) if abs(aimd.rate_at(40.0, t / 10) - 40) < 2]
+    assert len(near) > 2 * len(near_aimd)
+
+
+def test_never_above_the_ceiling_nor_below_the_floor() -> None:
+    curve = Adaptation(25.0)
+    assert curve.rate_at(0.0, 60.0) == 25.0
+    assert curve.rate_at(1e-6, 0.0) == adaptive.FLOOR
+    assert Adaptation(0.01).rate_at(1e-6, 0.0) == 0.01  # a ceiling under the floor wins
+
+
+def run(curve: Adaptation, state: list[float], until: float, now: float = 0.0) -> float:
+    """Callers always waiting, releases going at the curve's rate: retune every RETUNE s."""
+    rate = curve.retune(state, now, binding=True)
+    while now < until:
+        now += adaptive.RETUNE
+        state[adaptive.RELEASED] += rate * adaptive.RETUNE
+        rate = curve.retune(state, now, binding=True)
+    return now
+
+
+def test_a_throttle_records_what_the_last_second_released_and_cuts_once_per_round() -> None:
+    curve = Adaptation()
+    state = curve.initial_state()
+    now = run(curve, state, until=2.0)  # slow start: 5/s doubling every DOUBLING
+    moment = curve.rate_at(0.0, now)
+    assert curve.cut(state, now=now, start=now - 0.01, resume=now + 1.0)
+    # What the second before held, well under the rate of the moment in slow start.
+    assert 0.2 * moment < state[adaptive.W_MAX] < 0.5 * moment
+    assert state[adaptive.T_CUT] == now + 1.0  # the curve starts again after the pause
+    # An answer to an attempt sent before that cut says nothing about the new rate.
+    assert not curve.cut(state, now=now + 0.1, start=now, resume=now + 0.1)
+
+
+def test_a_fixed_limit_at_its_ceiling_records_its_rate() -> None:
+    curve = Adaptation(40.0, found=True)
+    state = curve.initial_state()
+    assert curve.cut(state, now=10.0, start=9.9, resume=11.0)
+    assert state[adaptive.W_MAX] == 40.0
+    assert curve.rate_at(state[adaptive.W_MAX], 0.0) == pytest.approx(BETA * 40)
+
+
+def test_an_idle_limit_does_not_grow() -> None:
+    curve = Adaptation()
+    state = curve.initial_state()
+    first = curve.retune(state, 0.0, binding=True)
+    for tick in range(1, 200):  # 10 s without anyone waiting
+        idle = curve.retune(state, tick * adaptive.RETUNE, binding=False)
+    assert idle == first
+    assert curve.retune(state, 10.0 + adaptive.DOUBLING, binding=True) > first
+
+
+def test_a_fixed_rate_starts_at_its_ceiling_and_is_not_recomputed() -> None:
+    curve = Adaptation(30.0, found=True)
+    assert curve.initial_rate() == 30.0
+    assert curve.initial_state()[adaptive.RETUNE_AT] == math.inf
+
+
+# --- the limiters, on a fake clock ------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    for module in (rate_limit, rate_limit_shared):
+        monkeypatch.setattr(module, "time", fake)
+    return fake
+
+
+@pytest.mark.parametrize("make", [LocalRateLimiter, SharedRateLimiter])
+def test_auto_grows_while_callers_wait_and_a_throttle_cuts_it(make: Any, clock: FakeClock) -> None:
+    curve = Adaptation()
+    limiter = make(curve.initial_rate(), adaptation=curve)
+    assert limiter.interval == pytest.approx(1 / SLOW_START)
+    for _ in range(40):  # two seconds of callers always waiting: slow start
+        limiter.take()
+        limiter.take()
+        clock.now += adaptive.RETUNE
+    grown = 1 / limiter.interval
+    assert grown > 8 * SLOW_START
+    assert limiter.moving
+    cut = limiter.slow_down(clock.now)
+    assert cut is not None
+    assert cut < grown
+    assert 1 / limiter.interval == pytest.approx(cut)
+    assert limiter.slow_down(clock.now - 1.0) is None  # sent before the cut
+
+
+@pytest.mark.parametrize("make", [LocalRateLimiter, SharedRateLimiter])
+def test_a_cut_stretches_the_schedule_ahead_but_not_the_pause(make: Any, clock: FakeClock) -> None:
+    limiter = make(10.0, adaptation=Adaptation(10.0, found=True))
+    starts = [limiter.take() for _ in range(5)]  # 0.0, 0.1, ... 0.4 s ahead
+    assert starts[-1] == pytest.approx(clock.now + 0.4)
+    limiter.pause(1.0)
+    limiter.slow_down(clock.now)
+    assert 1 / limiter.interval == pytest.approx(10 * BETA)
+    # The pause moved the next start to its end; the cut changes what follows it.
+    assert limiter.take() == pytest.approx(clock.now + 1.0)
+    assert limiter.take() == pytest.approx(clock.now + 1.0 + 1 / (10 * BETA))
+
+
+@pytest.mark.parametrize("make", [LocalRateLimiter, SharedRateLimiter])
+def test_a_fixed_limit_recovers_to_its_ceiling_and_stops_moving(
+    make: Any, clock: FakeClock
+) -> None:
+    limiter = make(20.0, adaptation=Adaptation(20.0, found=True))
+    assert not limiter.moving
+    limiter.slow_down(clock.now)
+    assert limiter.moving
+    for _ in range(400):  # 20 s, callers waiting
+        limiter.take()
+        clock.now += adaptive.RETUNE
+    assert limiter.interval == pytest.approx(1 / 20)
+    assert not limiter.moving
+
+
+def test_a_limiter_without_adaptation_is_never_cut(clock: FakeClock) -> None:
+    limiter = LocalRateLimiter(20.0)
+    assert limiter.slow_down(clock.now) is None
+    assert not limiter.moving
+
+
+def test_a_cut_in_one_process_slows_the_others() -> None:
+    context = multiprocessing.get_context("spawn")
+    limiter = SharedRateLimiter(100.0, context, Adaptation(100.0, found=True))
+    out = context.Queue()
+    child = context.Process(target=slow_down_limiter, args=(limiter, out))
+    child.start()
+    cut = out.get(timeout=60)
+    child.join(timeout=60)
+    assert cut == pytest.approx(100 * BETA)
+    assert limiter.interval == pytest.approx(1 / cut)
+
+
+def test_a_cut_through_redis_slows_every_process_on_the_key(redis_env: str) -> None:
+    from opero._policies.rate_limit_redis import RedisRateLimiter
+
+    here, elsewhere = (
+        RedisRateLimiter(100.0, "opero:t:adapt", adaptation=Adaptation(100.0, found=True))
+        for _ in range(2)
+    )
+    here.take()
+    elsewhere.take()
+    assert elsewhere.interval == pytest.approx(1 / 100)
+    assert not elsewhere.moving
+    cut = here.slow_down(time.monotonic())
+    assert cut == pytest.approx(100 * BETA, rel=0.01)  # nothing released yet: its rate
+    assert here.slow_down(time.monotonic() - 1.0) is None  # sent before the cut
+    elsewhere.take()  # the take step brings the curve along
+    assert 1 / elsewhere.interval == pytest.approx(100 * BETA, rel=0.01)
+    assert elsewhere.moving
+
+
+def test_auto_over_redis_grows_from_slow_start(redis_env: str) -> None:
+    @opero(cache=False, rate_limit="auto", rate_limit_backend="redis", rate_limit_key="opero:t:a")
+    def call(i: int) -> int:
+        return i
+
+    assert [call(i) for i in range(6)] == list(range(6))
+    limiter = call.__opero_rate_limit__.limiter  # type: ignore[attr-defined]
+    assert 1 / limiter.interval > SLOW_START
+
+
+# --- through the decorator --------------------------------------------------------------
+
+
+def test_a_throttle_cuts_a_fixed_limit_and_reports_the_rate() -> None:
+    seen: list[Event] = []
+    calls: list[float] = []
+
+    @opero(cache=False, rate_limit=1000, retries=1, min_delay=0, on_event=seen.append)
+    def call() -> int:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise Throttled(429, retry_after=0.01)
+        return len(calls)
+
+    assert call() == 2
+    changes = [event.rate for event in seen if event.kind == "rate_limit_changed"]
+    assert changes
+    assert changes[-1] == pytest.approx(1000 * BETA, rel=0.05)
+    assert calls[1] - calls[0] >= 0.01  # the pause held too
+
+
+def test_backpressure_off_keeps_a_fixed_rate() -> None:
+    @opero(cache=False, rate_limit=1000, retries=0, rate_limit_backpressure=False)
+    def call() -> None:
+        raise Throttled(429, retry_after=0.01)
+
+    with pytest.raises(Throttled):
+        call()
+    assert call.__opero_rate_limit__.limiter.interval == 1 / 1000  # type: ignore[attr-defined]
+
+
+async def test_auto_works_for_async_functions() -> None:
+    @opero(cache=False, rate_limit="auto", rate_limit_max=50)
+    async def call(i: int) -> int:
+        return i
+
+    assert [await call(i) for i in range(3)] == [0, 1, 2]
+    limiter = call.__opero_rate_limit__.limiter  # type: ignore[attr-defined]
+    assert limiter.adaptation.ceiling == 50
+
+
+def test_the_event_kind_is_known() -> None:
+    assert "rate_limit_changed" in EVENT_KINDS
+    assert Event("rate_limit_changed", "f", "-", rate=5.0).rate == 5.0
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"rate_limit": "fast"}, TypeError, r"rate_limit must be a number .*'auto'.*'fast'"),
+        ({"rate_limit_max": 10}, ValueError, r"rate_limit_max \(10\) is the ceiling of"),
+        ({"rate_limit": 5, "rate_limit_max": 10}, ValueError, "rate_limit_max"),
+        ({"rate_limit": "auto", "rate_limit_max": 0}, ValueError, "rate_limit_max must be"),
+        ({"rate_limit": "auto", "rate_limit_max": "10"}, TypeError, "rate_limit_max must be"),
+        (
+            {"rate_limit": "auto", "rate_limit_backpressure": False},
+            ValueError,
+            "rate_limit='auto' finds the rate",
+        ),
+    ],
+)
+def test_adaptive_options_are_checked_at_decoration(
+    options: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        opero(**options)
+
+
+# --- bursts -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [LocalRateLimiter, SharedRateLimiter])
+def test_a_burst_of_n_goes_at_once_then_releases_are_spaced(make: Any, clock: FakeClock) -> None:
+    limiter = make(10.0, burst=3)
+    starts = [limiter.take() for _ in range(5)]
+    assert starts == pytest.approx([clock.now] * 3 + [clock.now + 0.1, clock.now + 0.2])
+    assert [limiter.release() for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.release() == pytest.approx(0.1)
+    clock.now += 10.0  # idle: the bucket fills again, to 3 and no more
+    assert [limiter.release() for _ in range(4)] == pytest.approx([0.0, 0.0, 0.0, 0.1])
+
+
+@pytest.mark.parametrize("make", [LocalRateLimiter, SharedRateLimiter])
+def test_a_pause_holds_a_burst_too_and_the_bucket_is_full_after_it(
+    make: Any, clock: FakeClock
+) -> None:
+    limiter = make(10.0, burst=3)
+    limiter.pause(1.0)
+    assert limiter.take() == pytest.approx(clock.now + 1.0)
+    assert limiter.release() == pytest.approx(1.0)
+    clock.now += 1.0
+    assert [limiter.release() for _ in range(4)] == pytest.approx([0.0, 0.0, 0.0, 0.1])
+
+
+def test_burst_through_the_decorator() -> None:
+    starts: list[float] = []
+
+    @opero(cache=False, rate_limit=5, rate_limit_burst=4)
+    def call() -> None:
+        starts.append(time.monotonic())
+
+    for _ in range(4):
+        call()
+    assert starts[-1] - starts[0] < 0.1  # 4 at once, though 5/s spaces them 0.2 s
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"rate_limit": 5, "rate_limit_burst": 0}, ValueError, "rate_limit_burst must be >= 1"),
+        ({"rate_limit": 5, "rate_limit_burst": 2.5}, TypeError, "rate_limit_burst must be an int"),
+        ({"rate_limit_burst": 3}, ValueError, r"rate_limit_burst \(3\) needs a rate_limit"),
+        (
+            {"rate_limit": 5, "rate_limit_burst": 3, "rate_limit_backend": "redis"},
+            ValueError,
+            "not supported with rate_limit_backend='redis'",
+        ),
+    ],
+)
+def test_burst_options_are_checked_at_decoration(
+    options: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        opero(**options)
