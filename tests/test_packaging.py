@@ -155,6 +155,10 @@ def test_readme_quick_start_matches_ci() -> None:
         ("bench_opmap.py", ("multiprocessing.Pool.map", "joblib", "mpire", "ThreadPoolExecutor")),
         ("bench_policies.py", ("opero policies", "pyresilience", "tenacity+pybreaker")),
         ("bench_resume.py", ("without resume", "with resume (recording)", "resumed, all done")),
+        (
+            "prove_resume.py",
+            ("journal held", "results equal an uninterrupted map's, in order: True"),
+        ),
         ("bench_hedge.py", ("plain fallback", "hedge_after=0.03", "p99")),
         ("bench_cluster.py", ("dask, running cluster", "ray, running runtime", "process")),
     ],
