@@ -78,7 +78,7 @@ DASK_JOB = """
 import sys, time
 from opero import opmap
 
-JOURNAL, CALLS, COUNT = sys.argv[1], sys.argv[2], int(sys.argv[3])
+CALLS = ""  # set under the main guard: spawned workers import this module too
 
 def work(x: int) -> int:
     with open(CALLS, "a") as calls:
@@ -89,6 +89,7 @@ def work(x: int) -> int:
 if __name__ == "__main__":
     import distributed
 
+    JOURNAL, CALLS, COUNT = sys.argv[1], sys.argv[2], int(sys.argv[3])
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                        dashboard_address=":0")
     with distributed.Client(cluster) as client:

@@ -31,7 +31,7 @@ JOB = textwrap.dedent(
     import hashlib, os, sys
     from opero import opmap
 
-    MODE, JOURNAL, CALLS, COUNT = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    CALLS = ""  # set under the main guard: a fork server imports this module too (3.13+)
     fd = None
 
     def square(x: int) -> int:
@@ -42,6 +42,7 @@ JOB = textwrap.dedent(
         return x * x
 
     if __name__ == "__main__":
+        MODE, JOURNAL, CALLS, COUNT = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
         mapped = opmap(mode=MODE, workers=2, resume=JOURNAL, progress=False, retries=0,
                        cache=False)(square)
         results = mapped(range(COUNT))

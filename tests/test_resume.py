@@ -26,7 +26,7 @@ SCRIPT = textwrap.dedent(
     import asyncio, json, sys, time
     from opero import opmap
 
-    MODE, JOURNAL, CALLS, COUNT = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    CALLS = ""  # set under the main guard: a fork server imports this module too (3.13+)
 
     def work(x: int, offset: int) -> int:
         with open(CALLS, "a") as calls:  # one short O_APPEND write per call
@@ -41,6 +41,7 @@ SCRIPT = textwrap.dedent(
         return x * x + offset
 
     if __name__ == "__main__":
+        MODE, JOURNAL, CALLS, COUNT = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
         common = dict(resume=JOURNAL, progress=False, retries=0, cache=False)
         if MODE == "async":
             mapped = opmap(mode="async", workers=4, **common)(awork)
