@@ -17,7 +17,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from opero._utils.redis import DEFAULT_REDIS_URL, import_redis
+from opero._utils.redis import DEFAULT_REDIS_URL, redis_client
 
 _MISSING = object()
 
@@ -244,12 +244,10 @@ class RedisBackend:
     """
 
     def __init__(self, namespace: str, identity: str, url: str | None = None) -> None:
-        redis = import_redis()
-
         self.url = url or os.environ.get("OPERO_REDIS_URL") or DEFAULT_REDIS_URL
         self.prefix = f"opero:{namespace}:"
         self.own = f"{self.prefix}{identity}:"
-        self._client = redis.Redis.from_url(self.url)
+        self._client = redis_client(self.url)
 
     def _full(self, key: str) -> str:
         return self.prefix + key

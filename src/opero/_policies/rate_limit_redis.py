@@ -80,12 +80,10 @@ class RedisRateLimiter:
     ) -> None:
         import os
 
-        from opero._utils.redis import DEFAULT_REDIS_URL, import_redis
-
-        redis = import_redis()
+        from opero._utils.redis import DEFAULT_REDIS_URL, redis_client
 
         url = url or os.environ.get("OPERO_REDIS_URL") or DEFAULT_REDIS_URL
-        self._client = redis.Redis.from_url(url)
+        self._client = redis_client(url)
         self.interval = 1.0 / rate
         self.adaptation = adaptation
         if adaptation is None:
