@@ -98,9 +98,9 @@ def decorate(
     total, budget = _call_policies(options, name)
     if deadline is not None:
         total = deadline
-    fallback = FallbackParameter(func, options.arg_fallback, name) if options.arg_fallback else None
-    if fallback is not None:
-        fallback.hedge = options.hedge_after
+    fallback = None
+    if options.arg_fallback:
+        fallback = FallbackParameter(func, options.arg_fallback, name, options.hedge_after)
     observer = Observer(name, _hooks(options.on_event), stats=options.stats)
     attempt, extras = _attempt_steps(func, options, name, fallback, total, observer)
     # Two pipelines share every step and its state: the fast one, and the observed one

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 from opero._observe import events
 from opero._observe.events import Observer, current_call
+from opero._pipeline.fallback import check_deadline, error_to_keep
 from opero._utils.logging import log
-from opero.exceptions import AllFailedError, DeadlineExceededError, RetryPredicateError
+from opero.exceptions import AllFailedError
 
 if TYPE_CHECKING:
     from opero._pipeline.options import OperoOptions
@@ -68,14 +69,7 @@ class Chain:
         """Link `index` of the chain failed with `exc`: keep its errors, and go on to the
         next one unless it was the last or the call's time is up (then raise)."""
         last = index == len(self.alternates)
-        if isinstance(exc, RetryPredicateError):
-            raise exc  # a bug in a predicate: nothing further would behave better
-        remaining = self.total.remaining() if self.total is not None else None
-        if isinstance(exc, DeadlineExceededError):
-            if last or remaining is None or remaining <= 0:
-                raise exc
-            cause = exc.__cause__  # the link's own last error
-            exc = cause if isinstance(cause, Exception) else exc
+        exc = error_to_keep(exc, self.total, more=not last)
         errors.extend(exc.errors if isinstance(exc, AllFailedError) else [exc])
         if last:
             count = len(self.alternates)
@@ -95,8 +89,7 @@ class Chain:
             self.observer.emit(
                 events.FALLBACK_SWITCHED, current_call.get(), error=type(exc).__name__
             )
-        if self.total is not None and remaining is not None and remaining <= 0:
-            raise self.total.error(None) from errors[-1]
+        check_deadline(self.total, errors)
 
     def wrap_sync(self, primary: Callable[..., Any]) -> Callable[..., Any]:
         links = (primary, *self.alternates)

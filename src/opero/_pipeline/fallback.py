@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from opero._observe import attempts, events
 from opero._observe.events import CallInfo, call_id, current_call
 from opero._policies.retry import RetryPolicy, own_call, retry_async, retry_sync
 from opero._utils.logging import log
 from opero.exceptions import AllFailedError, DeadlineExceededError, RetryPredicateError
+
+if TYPE_CHECKING:
+    from opero._timeouts.total import TotalTimeout
 
 R = TypeVar("R")
 
@@ -34,7 +37,13 @@ class FallbackParameter:
         "positional_defaults",
     )
 
-    def __init__(self, func: Callable[..., Any], name: str, function_name: str) -> None:
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        name: str,
+        function_name: str,
+        hedge: float | Sequence[float] | None = None,
+    ) -> None:
         try:
             params = list(inspect.signature(func).parameters.values())
         except (TypeError, ValueError) as exc:
@@ -57,7 +66,7 @@ class FallbackParameter:
         self.function_name = function_name
         # hedge_after: seconds (or a schedule) before the next value starts beside a
         # slow one (opero._pipeline.hedge); None: one value at a time.
-        self.hedge: float | Sequence[float] | None = None
+        self.hedge = hedge
         self.default = found.default
         self.keyword = found.kind is not found.POSITIONAL_ONLY
         positional = found.kind in (found.POSITIONAL_ONLY, found.POSITIONAL_OR_KEYWORD)
@@ -130,29 +139,30 @@ def _log_switch(fallback: FallbackParameter, index: int, total: int, exc: Except
     )
 
 
-def _check_deadline(policy: RetryPolicy, errors: list[Exception]) -> None:
-    """No next value once the call's total_timeout has passed."""
-    if policy.total is None:
+def check_deadline(total: TotalTimeout | None, errors: list[Exception]) -> None:
+    """No next value (or fallback function) once the call's total_timeout has passed."""
+    if total is None:
         return
-    remaining = policy.total.remaining()
+    remaining = total.remaining()
     if remaining is not None and remaining <= 0:
-        raise policy.total.error(None) from errors[-1]
+        raise total.error(None) from errors[-1]
 
 
-def _raise_unless_time_left(
-    exc: DeadlineExceededError, policy: RetryPolicy, index: int, count: int
-) -> None:
-    """A value's retries ended at the call's deadline: the call ends too, unless another
-    value is left and the deadline has not passed (a long Retry-After stopped them)."""
-    remaining = policy.total.remaining() if policy.total is not None else None
-    if index + 1 >= count or remaining is None or remaining <= 0:
+def error_to_keep(exc: Exception, total: TotalTimeout | None, *, more: bool) -> Exception:
+    """What one failed fallback value (or fallback function, or hedged value) leaves for
+    `AllFailedError`; or raise `exc`, ending the call. A bug in a predicate ends it. So
+    does the deadline, unless `more` may still run and it has not passed: then only this
+    one's retries were stopped (their next wait would have ended past it, a long
+    Retry-After say), and its own last error, which `exc` is chained from, is kept."""
+    if isinstance(exc, RetryPredicateError):
         raise exc
-
-
-def _last_error(exc: DeadlineExceededError) -> Exception:
-    """The value's own last error, which the deadline error is chained from."""
-    cause = exc.__cause__
-    return cause if isinstance(cause, Exception) else exc
+    if isinstance(exc, DeadlineExceededError):
+        remaining = total.remaining() if total is not None else None
+        if not more or remaining is None or remaining <= 0:
+            raise exc
+        cause = exc.__cause__
+        return cause if isinstance(cause, Exception) else exc
+    return exc
 
 
 def _next_value(
@@ -169,7 +179,7 @@ def _next_value(
         _log_switch(fallback, index, count, exc)
         if policy.observer is not None:
             policy.observer.emit(events.FALLBACK_SWITCHED, info, error=type(exc).__name__)
-        _check_deadline(policy, errors)
+        check_deadline(policy.total, errors)
 
 
 def call_with_fallback_sync(
@@ -180,10 +190,6 @@ def call_with_fallback_sync(
     kwargs: dict[str, Any],
 ) -> R:
     """Try each fallback value with its own retries; `AllFailedError` if all fail."""
-    if fallback.hedge is not None:
-        from opero._pipeline.hedge import call_hedged_sync
-
-        return call_hedged_sync(fallback, policy, func, args, kwargs)  # type: ignore[no-any-return]
     values = fallback.values(args, kwargs)
     if policy.budget is not None:
         policy.budget.record_call()  # one deposit per call, not per value
@@ -204,16 +210,9 @@ def call_with_fallback_sync(
                 if token is None:  # one correlation id for every value's retries
                     token = own_call(name)
                 return retry_sync(policy, name, func, call_args, call_kwargs, first)
-            except RetryPredicateError:
-                raise  # a bug in a predicate: no next value
-            except DeadlineExceededError as exc:
-                # The retries stopped because their next wait would pass the deadline;
-                # with time left, the next value is still tried.
-                _raise_unless_time_left(exc, policy, index, len(values))
-                errors.append(_last_error(exc))
-                _next_value(fallback, policy, info, index, len(values), errors)
             except Exception as exc:
-                errors.append(exc)
+                more = index + 1 < len(values)
+                errors.append(error_to_keep(exc, policy.total, more=more))
                 _next_value(fallback, policy, info, index, len(values), errors)
         raise all_failed(fallback, errors)
     finally:
@@ -229,10 +228,6 @@ async def call_with_fallback_async(
     kwargs: dict[str, Any],
 ) -> R:
     """The async twin of `call_with_fallback_sync`."""
-    if fallback.hedge is not None:
-        from opero._pipeline.hedge import call_hedged_async
-
-        return await call_hedged_async(fallback, policy, func, args, kwargs)  # type: ignore[no-any-return]
     values = fallback.values(args, kwargs)
     if policy.budget is not None:
         policy.budget.record_call()
@@ -253,16 +248,9 @@ async def call_with_fallback_async(
                 if token is None:
                     token = own_call(name)
                 return await retry_async(policy, name, func, call_args, call_kwargs, first)
-            except RetryPredicateError:
-                raise  # a bug in a predicate: no next value
-            except DeadlineExceededError as exc:
-                # The retries stopped because their next wait would pass the deadline;
-                # with time left, the next value is still tried.
-                _raise_unless_time_left(exc, policy, index, len(values))
-                errors.append(_last_error(exc))
-                _next_value(fallback, policy, info, index, len(values), errors)
             except Exception as exc:
-                errors.append(exc)
+                more = index + 1 < len(values)
+                errors.append(error_to_keep(exc, policy.total, more=more))
                 _next_value(fallback, policy, info, index, len(values), errors)
         raise all_failed(fallback, errors)
     finally:

@@ -22,11 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 from opero._observe import attempts, events
 from opero._observe.events import CallInfo, current_call
+from opero._pipeline.fallback import FallbackParameter, all_failed, error_to_keep
 from opero._policies.retry import retry_async, retry_sync
-from opero.exceptions import DeadlineExceededError, RetryPredicateError
 
 if TYPE_CHECKING:
-    from opero._pipeline.fallback import FallbackParameter
     from opero._policies.retry import RetryPolicy
 
 
@@ -40,12 +39,21 @@ def hedge_delay(schedule: float | Sequence[float], index: int) -> float:
 class _Race:
     """One hedged call: which values started, their errors, and the events."""
 
-    def __init__(self, fallback: FallbackParameter, policy: RetryPolicy, count: int) -> None:
+    def __init__(
+        self,
+        fallback: FallbackParameter,
+        policy: RetryPolicy,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self.values = fallback.values(args, kwargs)
+        if policy.budget is not None:
+            policy.budget.record_call()  # one deposit per call, not per value
         self.fallback = fallback
         self.policy = policy
-        self.count = count
+        self.count = len(self.values)
         self.started = 0
-        self.errors: list[Exception | None] = [None] * count
+        self.errors: list[Exception | None] = [None] * self.count
         self.info = current_call.get() if policy.observer is not None else None
 
     def next_delay(self) -> float | None:
@@ -69,20 +77,12 @@ class _Race:
     def failed(self, index: int, exc: BaseException) -> None:
         """Value `index` failed: keep its error; a bug, a BaseException or a passed
         deadline ends the call."""
-        if not isinstance(exc, Exception) or isinstance(exc, RetryPredicateError):
+        if not isinstance(exc, Exception):
             raise exc
-        if isinstance(exc, DeadlineExceededError):
-            total = self.policy.total
-            remaining = total.remaining() if total is not None else None
-            if remaining is None or remaining <= 0:
-                raise exc
-            cause = exc.__cause__
-            exc = cause if isinstance(cause, Exception) else exc
-        self.errors[index] = exc
+        # Other values may still run: a deadline not yet passed ends only this one.
+        self.errors[index] = error_to_keep(exc, self.policy.total, more=True)
 
     def all_failed(self) -> Exception:
-        from opero._pipeline.fallback import all_failed
-
         return all_failed(self.fallback, [e for e in self.errors if e is not None])
 
 
@@ -93,10 +93,8 @@ def call_hedged_sync(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> Any:
-    values = fallback.values(args, kwargs)
-    if policy.budget is not None:
-        policy.budget.record_call()
-    race = _Race(fallback, policy, len(values))
+    race = _Race(fallback, policy, args, kwargs)
+    values = race.values
     outcomes: queue.SimpleQueue[tuple[int, bool, Any]] = queue.SimpleQueue()
     name = fallback.function_name
 
@@ -156,10 +154,8 @@ async def call_hedged_async(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> Any:
-    values = fallback.values(args, kwargs)
-    if policy.budget is not None:
-        policy.budget.record_call()
-    race = _Race(fallback, policy, len(values))
+    race = _Race(fallback, policy, args, kwargs)
+    values = race.values
     name = fallback.function_name
     tasks: dict[asyncio.Task[Any], int] = {}
 

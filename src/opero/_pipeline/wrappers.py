@@ -63,10 +63,16 @@ def async_wrapper(
 def sync_fallback_wrapper(
     func: Callable[..., Any], policy: RetryPolicy, fallback: FallbackParameter, divert: Observer
 ) -> Callable[..., Any]:
+    loop: Callable[..., Any] = call_with_fallback_sync
+    if fallback.hedge is not None:  # chosen here, once: hedging is imported only if used
+        from opero._pipeline.hedge import call_hedged_sync
+
+        loop = call_hedged_sync
+
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if divert.on:
             return divert.pipeline(*args, **kwargs)
-        return call_with_fallback_sync(fallback, policy, func, args, kwargs)
+        return loop(fallback, policy, func, args, kwargs)
 
     return wrapper
 
@@ -77,10 +83,16 @@ def async_fallback_wrapper(
     fallback: FallbackParameter,
     divert: Observer,
 ) -> Callable[..., Any]:
+    loop: Callable[..., Awaitable[Any]] = call_with_fallback_async
+    if fallback.hedge is not None:
+        from opero._pipeline.hedge import call_hedged_async
+
+        loop = call_hedged_async
+
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         if divert.on:
             return await divert.pipeline(*args, **kwargs)
-        return await call_with_fallback_async(fallback, policy, func, args, kwargs)
+        return await loop(fallback, policy, func, args, kwargs)
 
     return wrapper
 

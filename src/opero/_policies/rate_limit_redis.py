@@ -15,11 +15,19 @@ from opero._policies.rate_limit import LocalRateLimiter
 if TYPE_CHECKING:
     from opero._policies.adaptive import Adaptation
 
-_TAKE_LUA = """
+# The opening of every script: writes replicated by effect (the time is read inside),
+# `interval` from ARGV[1] (µs), and `now` from the server's clock (µs), so clients need
+# not agree on the time.
+NOW_LUA = """
 if redis.replicate_commands then redis.replicate_commands() end
-local interval = tonumber(ARGV[1])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+"""
+INTERVAL_NOW_LUA = NOW_LUA + "local interval = tonumber(ARGV[1])\n"
+
+_TAKE_LUA = (
+    INTERVAL_NOW_LUA
+    + """
 local next_start = tonumber(redis.call('GET', KEYS[1]) or '0')
 local start = math.max(now, next_start)
 local after = start + interval
@@ -27,12 +35,11 @@ local idle_ms = math.ceil((after - now) / 1000) + 1000
 redis.call('SET', KEYS[1], string.format('%.0f', after), 'PX', idle_ms)
 return start - now
 """
+)
 
-_RELEASE_LUA = """
-if redis.replicate_commands then redis.replicate_commands() end
-local interval = tonumber(ARGV[1])
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+_RELEASE_LUA = (
+    INTERVAL_NOW_LUA
+    + """
 local last = tonumber(redis.call('GET', KEYS[1]) or '-1e18')
 if now >= last + interval then
   redis.call('SET', KEYS[1], string.format('%.0f', now), 'PX', math.ceil(interval / 1000) + 1000)
@@ -40,14 +47,13 @@ if now >= last + interval then
 end
 return last + interval - now
 """
+)
 
 
 # Both keys of one limit: no start before the pause ends, no release before it either.
-_PAUSE_LUA = """
-if redis.replicate_commands then redis.replicate_commands() end
-local interval = tonumber(ARGV[1])
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+_PAUSE_LUA = (
+    INTERVAL_NOW_LUA
+    + """
 local ends = now + tonumber(ARGV[2])
 local idle_ms = math.ceil((ends + interval - now) / 1000) + 1000
 local next_start = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -59,6 +65,7 @@ if last >= ends - interval then return 0 end
 redis.call('SET', KEYS[2], string.format('%.0f', ends - interval), 'PX', idle_ms)
 return 1
 """
+)
 
 
 class RedisRateLimiter:

@@ -12,11 +12,11 @@ check, so two processes throttled at once cut once.
 
 from __future__ import annotations
 
-TAKE_LUA = """
-if redis.replicate_commands then redis.replicate_commands() end
-local interval = tonumber(ARGV[1])
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+from opero._policies.rate_limit_redis import INTERVAL_NOW_LUA, NOW_LUA
+
+TAKE_LUA = (
+    INTERVAL_NOW_LUA
+    + """
 local next_start = tonumber(redis.call('GET', KEYS[1]) or '0')
 local curve = redis.call('HMGET', KEYS[2], 'w', 't', 's')
 local w, t = tonumber(curve[1]), tonumber(curve[2])
@@ -36,12 +36,11 @@ redis.call('SET', KEYS[1], string.format('%.0f', after), 'PX', idle_ms)
 return {string.format('%.0f', start - now), string.format('%.17g', w),
   string.format('%.0f', now - t)}
 """
+)
 
-RELEASE_LUA = """
-if redis.replicate_commands then redis.replicate_commands() end
-local interval = tonumber(ARGV[1])
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+RELEASE_LUA = (
+    INTERVAL_NOW_LUA
+    + """
 local last = tonumber(redis.call('GET', KEYS[1]) or '-1e18')
 if now >= last + interval then
   redis.call('SET', KEYS[1], string.format('%.0f', now), 'PX', math.ceil(interval / 1000) + 1000)
@@ -53,13 +52,13 @@ if now >= last + interval then
 end
 return last + interval - now
 """
+)
 
 # ARGV: how long ago (µs) the throttled attempt was released, how long (µs) until the
 # pause this client just set ends, the rate this client saw. Returns the new w_max.
-CUT_LUA = """
-if redis.replicate_commands then redis.replicate_commands() end
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+CUT_LUA = (
+    NOW_LUA
+    + """
 local t = tonumber(redis.call('HGET', KEYS[1], 't') or '-1e18')
 if now - tonumber(ARGV[1]) < t then return false end
 local second = math.floor(now / 1000000)
@@ -74,3 +73,4 @@ redis.call('HSET', KEYS[1], 'w', string.format('%.17g', w),
 redis.call('PEXPIRE', KEYS[1], 86400000)
 return string.format('%.17g', w)
 """
+)
