@@ -265,22 +265,49 @@ def quota_at(args: argparse.Namespace, since_first: float) -> int:
     return int(args.change_to) if changed else int(args.quota)
 
 
+def accepted_share(
+    args: argparse.Namespace,
+    arrivals: list[tuple[float, int]],
+    first: float,
+    span: tuple[float, float],
+) -> tuple[float, int, int]:
+    """Within `span` (seconds since the first request): accepted requests as a share of
+    what the quota allowed then, requests answered 429, and all requests."""
+    start, end = span
+    inside = [status for at, status in arrivals if start <= at - first < end]
+    steps = range(int(start * 100), int(end * 100))
+    allowed = sum(quota_at(args, t / 100) for t in steps) / 100
+    accepted = sum(status == 200 for status in inside)
+    throttled = sum(status == 429 for status in inside)
+    return accepted / max(allowed, 1e-9), throttled, len(inside)
+
+
 def report_window(args: argparse.Namespace, outcome: dict[str, Any], counts: Any) -> str:
-    """The first `--seconds` after the first request: accepted requests against what the
-    quota allowed then, and the share of requests answered 429."""
+    """The first `--seconds` after the first request (finding the quota and following
+    its change included); then each quota's settled part: from `--settle` seconds after
+    it took effect to its end (the change, or the last request), where the goal is read."""
     arrivals = counts["arrivals"]
     if not arrivals:
         return "no requests"
-    first = arrivals[0][0]
-    inside = [status for at, status in arrivals if at - first < args.seconds]
-    allowed = sum(quota_at(args, t / 100) for t in range(int(args.seconds * 100))) / 100
-    accepted = sum(status == 200 for status in inside)
-    throttled = sum(status == 429 for status in inside)
-    return (
-        f"after {args.seconds:g}s: {accepted / allowed:.1%} of the quota "
-        f"({accepted}/{allowed:.0f}), {throttled / max(1, len(inside)):.1%} answered 429 "
-        f"({throttled}/{len(inside)}), items right {outcome['right']:.0f}/{args.items}"
-    )
+    first, last = arrivals[0][0], arrivals[-1][0]
+    share, throttled, requests = accepted_share(args, arrivals, first, (0.0, args.seconds))
+    lines = [
+        f"first {args.seconds:g}s: {share:.1%} of the quota, {throttled / max(1, requests):.1%}"
+        f" answered 429 ({throttled}/{requests}), items right {outcome['right']:.0f}/{args.items}"
+    ]
+    phases = [(0.0, args.change_at if args.change_to else last - first)]
+    if args.change_to and last - first > args.change_at:
+        phases.append((args.change_at, last - first))
+    for start, end in phases:
+        if end - start <= args.settle:
+            continue
+        span = (start + args.settle, end)
+        share, throttled, requests = accepted_share(args, arrivals, first, span)
+        lines.append(
+            f"settled {span[0]:g}-{span[1]:.0f}s at {quota_at(args, start):d}/s: {share:.1%} of"
+            f" the quota, {throttled / max(1, requests):.1%} answered 429 ({throttled}/{requests})"
+        )
+    return "\n           ".join(lines)
 
 
 def plot(path: str, curves: dict[str, Any], args: argparse.Namespace) -> None:
@@ -291,10 +318,11 @@ def plot(path: str, curves: dict[str, Any], args: argparse.Namespace) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(9, 4.5))
-    seconds = [t / 10 for t in range(int(args.seconds * 10) + 1)]
+    length = max(end for _, _, end in curves.values())
+    seconds = [t / 10 for t in range(int(length * 10) + 1)]
     axes.step(seconds, [quota_at(args, t) for t in seconds], "k--", where="post", label="quota")
-    for mode, (first, rates) in curves.items():
-        points = [(at - first, rate) for at, rate in rates if 0 <= at - first <= args.seconds]
+    for mode, (first, rates, _) in curves.items():
+        points = [(at - first, rate) for at, rate in rates if 0 <= at - first <= length]
         axes.step(*zip(*points, strict=True), where="post", label=f"rate ({mode})")
     axes.set(xlabel="seconds since the first request", ylabel="attempts per second")
     axes.set_title(f'rate_limit="auto", {args.workers} workers, quota changed mid-run')
@@ -321,7 +349,8 @@ def run_all(args: argparse.Namespace, base: str) -> None:
             report(mode, args, outcome, counts)
             print(f"           {report_window(args, outcome, counts)}")
             if counts["arrivals"]:
-                curves[mode] = (counts["arrivals"][0][0], outcome["rates"])
+                first, last = counts["arrivals"][0][0], counts["arrivals"][-1][0]
+                curves[mode] = (first, outcome["rates"], last - first)
     if args.plot:
         plot(args.plot, curves, args)
 
@@ -343,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst", type=int, default=1, help="rate_limit_burst")
     parser.add_argument("--change-to", type=int, default=0, help="quota after --change-at")
     parser.add_argument("--change-at", type=float, default=5.0, help="seconds after the first")
-    parser.add_argument("--seconds", type=float, default=10.0, help="the window reported")
+    parser.add_argument("--seconds", type=float, default=10.0, help="the first window reported")
+    parser.add_argument("--settle", type=float, default=10.0, help="seconds to settle a quota")
     parser.add_argument("--plot", default=None, help="save the rate over time (matplotlib)")
     parser.add_argument(
         "--no-backpressure", action="store_true", help="rate_limit_backpressure=False"

@@ -30,13 +30,27 @@ def test_slow_start_doubles_until_the_first_throttle() -> None:
     assert curve.rate_at(0.0, 1e9) < math.inf  # bounded: no overflow after a long run
 
 
-@pytest.mark.parametrize("algorithm", [CUBIC, AIMD])
-def test_a_cut_goes_to_beta_and_grows_back_to_where_it_was_throttled(algorithm: str) -> None:
-    curve = Adaptation(algorithm=algorithm)
-    beta = adaptive.CUBIC_BETA if algorithm == CUBIC else adaptive.AIMD_BETA
-    assert curve.rate_at(40.0, 0.0) == pytest.approx(beta * 40)
+def test_cubic_cuts_to_beta_levels_off_under_the_rate_it_found_then_probes() -> None:
+    curve = Adaptation(algorithm=CUBIC)
+    long = adaptive.RECOVERY
+    assert curve.rate_at(40.0, 0.0, long) == pytest.approx(BETA * 40)
+    rising = [curve.rate_at(40.0, t / 10, long) for t in range(int(long * 10) + 1)]
+    assert rising == sorted(rising)  # back up, and never past the plateau on the way
+    assert rising[-1] == pytest.approx(adaptive.PLATEAU * 40)
+    assert curve.rate_at(40.0, long / 2, long) > 0.96 * 40  # flat near it most of the time
+    probe = [curve.rate_at(40.0, long + t / 10, long) for t in range(1, 41)]
+    assert probe == sorted(probe)
+    assert probe[-1] == pytest.approx(2 * adaptive.PLATEAU * 40)  # twice it PROBE s later
+    assert probe[9] < 40.0 * 1.01  # ... but slowly at first
+    short = adaptive.RECOVERY_SHORT
+    assert curve.rate_at(40.0, short, short) == pytest.approx(adaptive.PLATEAU * 40)
+
+
+def test_aimd_cuts_to_its_beta_and_climbs_straight_back() -> None:
+    curve = Adaptation(algorithm=AIMD)
+    assert curve.rate_at(40.0, 0.0) == pytest.approx(adaptive.AIMD_BETA * 40)
     back = curve.rate_at(40.0, 2.0)
-    assert beta * 40 < back <= 41.0  # most of the way back in 3 s, not beyond
+    assert adaptive.AIMD_BETA * 40 < back <= 41.0  # most of the way back in 3 s, not beyond
     assert curve.rate_at(40.0, 30.0) > 40.0  # then it probes above again
 
 
@@ -76,6 +90,67 @@ def test_a_throttle_records_what_the_last_second_released_and_cuts_once_per_roun
     assert state[adaptive.T_CUT] == now + 1.0  # the curve starts again after the pause
     # An answer to an attempt sent before that cut says nothing about the new rate.
     assert not curve.cut(state, now=now + 0.1, start=now, resume=now + 0.1)
+
+
+def send(curve: Adaptation, state: list[float], rate: float, start: float, end: float) -> float:
+    """Releases at `rate` from `start` to `end`, sampled every RETUNE as retunes do."""
+    now = start
+    while now < end - 1e-9:
+        state[adaptive.RELEASED] += rate * adaptive.RETUNE
+        now += adaptive.RETUNE
+        curve.sample(state, now)
+    return now
+
+
+def test_the_count_after_a_pause_starts_at_its_end() -> None:
+    """A quota cut from 40/s to 20/s: the answer to the first attempt after the pause
+    came once 20 had gone in 0.55 s; the count then is 20, not 18 (it used to start at
+    the first retune after the pause, 50 ms of releases short)."""
+    curve = Adaptation(algorithm=CUBIC)
+    state = curve.initial_state()
+    now = send(curve, state, 36.0, 0.0, 3.0)
+    assert curve.cut(state, now=now, start=now - 0.01, resume=now + 1.0)
+    released = state[adaptive.RELEASED]
+    resume = now + 1.0
+    for tick in range(1, 12):  # 36/s for 0.55 s after the pause, retunes 50 ms apart
+        state[adaptive.RELEASED] = released + 36.0 * 0.05 * tick
+        if tick > 1:
+            curve.sample(state, resume + 0.05 * tick)
+    now = resume + 0.55
+    assert curve.released(state, now, now) == pytest.approx(19.8)
+
+
+def test_the_count_is_read_before_the_throttled_attempt_not_before_its_answer() -> None:
+    """A busy worker process reads a 429 half a second late: the second before the
+    attempt held the quota, the second before the answer far fewer."""
+    curve = Adaptation(algorithm=CUBIC)
+    state = curve.initial_state()
+    curve.retune(state, 0.0, binding=True)
+    now = send(curve, state, 40.0, 0.0, 2.0)
+    now = send(curve, state, 4.0, now, now + 0.5)  # almost nothing sent meanwhile
+    assert curve.released(state, now, now - 0.5) == pytest.approx(40.0)
+    assert curve.released(state, now, now) == pytest.approx(22.0)
+    assert curve.cut(state, now=now, start=now - 0.5, resume=now + 1.0)
+    assert state[adaptive.W_MAX] == pytest.approx(40.0)
+
+
+def test_a_cut_that_confirms_the_rate_recovers_slowly_one_that_moves_it_soon() -> None:
+    """After slow start or a rate that moved, the next probe comes in RECOVERY_SHORT
+    seconds (the count may be off); once a cut finds the same rate, in RECOVERY."""
+    curve = Adaptation(algorithm=CUBIC)
+    state = curve.initial_state()
+    curve.retune(state, 0.0, binding=True)  # the first take starts slow start's clock
+    now = send(curve, state, 40.0, 0.0, 2.0)
+    assert curve.cut(state, now=now, start=now, resume=now + 1.0)  # from slow start
+    assert state[adaptive.K] == adaptive.RECOVERY_SHORT
+    now = send(curve, state, 41.0, now + 1.0, now + 8.0)
+    assert curve.cut(state, now=now, start=now, resume=now + 1.0)  # the same quota
+    assert state[adaptive.W_MAX] == pytest.approx(41.0)
+    assert state[adaptive.K] == adaptive.RECOVERY
+    now = send(curve, state, 20.0, now + 1.0, now + 4.0)
+    assert curve.cut(state, now=now, start=now, resume=now + 1.0)  # the quota halved
+    assert state[adaptive.W_MAX] == pytest.approx(20.0)
+    assert state[adaptive.K] == adaptive.RECOVERY_SHORT
 
 
 def test_a_fixed_limit_at_its_ceiling_records_its_rate() -> None:
@@ -203,6 +278,37 @@ def test_a_cut_through_redis_slows_every_process_on_the_key(redis_env: str) -> N
     elsewhere.take()  # the take step brings the curve along
     assert 1 / elsewhere.interval == pytest.approx(100 * BETA, rel=0.01)
     assert elsewhere.moving
+
+
+def test_a_redis_cut_that_confirms_the_rate_recovers_slowly_one_that_moves_it_soon(
+    redis_env: str,
+) -> None:
+    from opero._policies.rate_limit_redis import RedisRateLimiter
+
+    key = "opero:t:adapt-k"
+    limiter = RedisRateLimiter(100.0, key, adaptation=Adaptation(100.0, found=True))
+    client = limiter._client
+    client.delete(f"{key}:curve", f"{key}:n")
+    limiter.take()
+
+    def cut_after(count: int) -> None:
+        """`count` releases a second for the last two seconds of Redis's clock (the
+        current second's share so far), then a cut."""
+        second, micros = client.time()
+        now = {second: count * micros / 1e6, second - 1: count}
+        client.hset(f"{key}:n", mapping=now)
+        time.sleep(0.01)  # after the last cut's origin
+        assert limiter.slow_down(time.monotonic()) is not None
+
+    cut_after(40)  # 100/s was a guess: the count moved it
+    assert float(client.hget(f"{key}:curve", "w")) == pytest.approx(40, abs=1)
+    assert float(client.hget(f"{key}:curve", "k")) == adaptive.RECOVERY_SHORT
+    cut_after(41)  # the same quota again
+    assert float(client.hget(f"{key}:curve", "k")) == adaptive.RECOVERY
+    limiter.take()  # the take step hands the curve's recovery to the rate
+    assert 1 / limiter.interval < adaptive.PLATEAU * 41  # not at its plateau 3 s on
+    cut_after(20)
+    assert float(client.hget(f"{key}:curve", "k")) == adaptive.RECOVERY_SHORT
 
 
 def test_auto_over_redis_grows_from_slow_start(redis_env: str) -> None:

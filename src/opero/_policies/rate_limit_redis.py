@@ -10,6 +10,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
+from opero._policies import adaptive
 from opero._policies.rate_limit import LocalRateLimiter
 
 if TYPE_CHECKING:
@@ -24,6 +25,9 @@ local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 """
 INTERVAL_NOW_LUA = NOW_LUA + "local interval = tonumber(ARGV[1])\n"
+
+# The cut's recovery times and how near w_max a cut confirms it (see adaptive.SAME).
+_RECOVERY = [repr(adaptive.RECOVERY_SHORT), repr(adaptive.RECOVERY), repr(adaptive.SAME)]
 
 _TAKE_LUA = (
     INTERVAL_NOW_LUA
@@ -120,8 +124,8 @@ class RedisRateLimiter:
         if self.adaptation is None:
             wait_us = answer
         else:  # the curve as Redis keeps it: this client computes the rate from it
-            wait_us, w_max, since_us = (float(value) for value in answer)
-            self._set_rate(self.adaptation.rate_at(w_max, since_us / 1_000_000))
+            wait_us, w_max, since_us, recovery = (float(value) for value in answer)
+            self._set_rate(self.adaptation.rate_at(w_max, since_us / 1_000_000, recovery))
         # Redis answers with a wait on its own clock; the release step enforces spacing.
         return time.monotonic() + float(wait_us) / 1_000_000
 
@@ -130,7 +134,8 @@ class RedisRateLimiter:
         if adaptation is None:
             return self.args
         found = "1" if adaptation.found else "0"
-        return [*self.args, repr(adaptation.ceiling if adaptation.found else 0.0), found]
+        ceiling = repr(adaptation.ceiling if adaptation.found else 0.0)
+        return [*self.args, ceiling, found, repr(adaptive.RECOVERY_SHORT)]
 
     def _set_rate(self, rate: float) -> None:
         self.interval = 1.0 / rate
@@ -177,13 +182,15 @@ class RedisRateLimiter:
         ago = math.ceil(max(0.0, now - start) * 1e6)
         pause = math.ceil(max(0.0, self.paused_until - now) * 1e6)
         try:
-            w_max = self._cut(keys=self.curve_keys, args=[ago, pause, repr(1.0 / self.interval)])
+            cut = self._cut(
+                keys=self.curve_keys, args=[ago, pause, repr(1.0 / self.interval), *_RECOVERY]
+            )
         except Exception as exc:
             self._note_outage(exc)
             return fallback
-        if w_max is None:
+        if cut is None:
             return None
-        rate = adaptation.rate_at(max(adaptation.floor, float(w_max)), 0.0)
+        rate = adaptation.rate_at(max(adaptation.floor, float(cut[0])), 0.0)
         self._set_rate(rate)
         return rate
 

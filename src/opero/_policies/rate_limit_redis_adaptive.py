@@ -18,7 +18,7 @@ TAKE_LUA = (
     INTERVAL_NOW_LUA
     + """
 local next_start = tonumber(redis.call('GET', KEYS[1]) or '0')
-local curve = redis.call('HMGET', KEYS[2], 'w', 't', 's')
+local curve = redis.call('HMGET', KEYS[2], 'w', 't', 's', 'k')
 local w, t = tonumber(curve[1]), tonumber(curve[2])
 if t == nil then
   w = tonumber(ARGV[2])
@@ -34,7 +34,7 @@ local after = start + interval
 local idle_ms = math.ceil((after - now) / 1000) + 1000
 redis.call('SET', KEYS[1], string.format('%.0f', after), 'PX', idle_ms)
 return {string.format('%.0f', start - now), string.format('%.17g', w),
-  string.format('%.0f', now - t)}
+  string.format('%.0f', now - t), curve[4] or ARGV[4]}
 """
 )
 
@@ -55,7 +55,9 @@ return last + interval - now
 )
 
 # ARGV: how long ago (µs) the throttled attempt was released, how long (µs) until the
-# pause this client just set ends, the rate this client saw. Returns the new w_max.
+# pause this client just set ends, the rate this client saw, the short and the long
+# recovery (s) and how near w_max a cut confirms it (see adaptive.SAME). Returns the new
+# w_max and its recovery.
 CUT_LUA = (
     NOW_LUA
     + """
@@ -68,9 +70,14 @@ local before = tonumber(redis.call('HGET', KEYS[2], second - 1) or '0')
 local released = this + before * (1 - part)
 local w = tonumber(ARGV[3])
 if released > 0 and released < w then w = released end
+local before = tonumber(redis.call('HGET', KEYS[1], 'w') or '0')
+local k = ARGV[4]
+if released > 0 and before > 0 and math.abs(w - before) <= tonumber(ARGV[6]) * before then
+  k = ARGV[5]
+end
 redis.call('HSET', KEYS[1], 'w', string.format('%.17g', w),
-  't', string.format('%.0f', now + tonumber(ARGV[2])), 's', string.format('%.0f', now))
+  't', string.format('%.0f', now + tonumber(ARGV[2])), 's', string.format('%.0f', now), 'k', k)
 redis.call('PEXPIRE', KEYS[1], 86400000)
-return string.format('%.17g', w)
+return {string.format('%.17g', w), k}
 """
 )
