@@ -471,3 +471,60 @@ def test_workers_of_a_killed_parent_exit_on_their_own(start_method: str, how: st
             parent.wait()
     assert workers
     assert left == set()  # the workers, the fork server and the resource tracker are gone
+
+
+PRELOADED = """
+import os
+with open(os.environ["IMPORTS_LOG"], "a") as log:  # one line per process importing it
+    log.write(f"{os.getpid()}\\n")
+
+
+def triple(x):
+    return 3 * x
+"""
+
+PRELOAD_SCRIPT = """
+import os, sys
+import multiprocess
+multiprocess.set_forkserver_preload(["__main__", "decimal"])  # the application's own
+from opero import opmap
+import preloaded
+
+if __name__ == "__main__":
+    mapped = opmap(mode="process", workers=4, start_method="forkserver", cache=False,
+                   progress=False)(preloaded.triple)
+    print(mapped(range(40)))
+    from multiprocess import forkserver
+    print(" ".join(forkserver._forkserver._preload_modules))
+    print(os.getpid())
+"""
+
+
+@pytest.mark.skipif("forkserver" not in start_methods(), reason="no fork server here")
+def test_the_fork_server_imports_the_workers_modules_once_for_all_of_them(
+    tmp_path: Path,
+) -> None:
+    """The function's module and opero's worker modules are imported in the fork
+    server, which forks every worker: not again in each of the 4 workers."""
+    (tmp_path / "preloaded.py").write_text(PRELOADED)
+    script = tmp_path / "script.py"
+    script.write_text(PRELOAD_SCRIPT)
+    log = tmp_path / "imports.log"
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+        env={**os.environ, "IMPORTS_LOG": str(log), "PYTHONPATH": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stderr
+    results, preload, parent = done.stdout.splitlines()
+    assert results == str([3 * x for x in range(40)])
+    modules = preload.split()
+    assert modules[:2] == ["__main__", "decimal"]  # the application's list is kept
+    assert {"preloaded", "opero._maps.worker", "multiprocess.pool"} <= set(modules)
+    importers = log.read_text().split()
+    assert importers[0] == parent
+    assert len(importers) == 2  # the parent, and the fork server: no worker imported it
