@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from helpers import Throttled, slow_down_limiter
-from opero import opero
+from helpers import Throttled, slow_down_limiter, throttled_first
+from opero import opero, opmap
 from opero._observe.events import EVENT_KINDS, Event
 from opero._policies import adaptive, rate_limit, rate_limit_shared
 from opero._policies.adaptive import AIMD, CUBIC, SLOW_START, Adaptation
@@ -340,6 +340,53 @@ def test_a_throttle_cuts_a_fixed_limit_and_reports_the_rate() -> None:
     assert changes
     assert changes[-1] == pytest.approx(1000 * BETA, rel=0.05)
     assert calls[1] - calls[0] >= 0.01  # the pause held too
+
+
+def test_stats_count_the_pauses_and_keep_the_rate_last_reported() -> None:
+    calls: list[float] = []
+
+    @opero(cache=False, rate_limit=1000, retries=1, min_delay=0, stats=True)
+    def call() -> int:
+        calls.append(time.monotonic())
+        if len(calls) in (1, 3):
+            raise Throttled(429, retry_after=0.01)
+        return len(calls)
+
+    assert call.stats().rate_limit_rate is None  # a fixed limit reports once it moved
+    assert call() == 2
+    assert call() == 4
+    stats = call.stats()
+    assert stats.rate_limit_pauses == 2
+    assert stats.rate_limit_rate is not None
+    assert stats.rate_limit_rate < 1000  # cut, and not back at the ceiling yet
+    assert stats.rate_limit_rate == pytest.approx(1 / call_limiter(call).interval, rel=0.05)
+    call.reset_stats()
+    assert (call.stats().rate_limit_pauses, call.stats().rate_limit_rate) == (0, None)
+
+
+def call_limiter(function: Any) -> Any:
+    """The limiter behind a decorated function's rate-limit step."""
+    return function.__opero_rate_limit__.limiter
+
+
+def test_process_map_stats_count_the_pauses_in_the_workers() -> None:
+    mapped = opmap(
+        mode="process",
+        workers=2,
+        rate_limit=200,
+        retries=2,
+        min_delay=0,
+        stats=True,
+        cache=False,
+        progress=False,
+        return_exceptions=True,
+    )(throttled_first)
+    results = mapped(range(6), 0.01)
+    assert isinstance(results[0], Throttled)  # item 0 is answered 429 every time
+    stats = mapped.stats()
+    assert stats.rate_limit_pauses == 3  # its three attempts, each in a worker
+    assert stats.rate_limit_rate is not None
+    assert stats.rate_limit_rate < 200
 
 
 def test_backpressure_off_keeps_a_fixed_rate() -> None:

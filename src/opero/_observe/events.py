@@ -156,14 +156,29 @@ class Stats(NamedTuple):
     retries: int
     fallbacks_used: int  # calls answered by a fallback value other than the first
     cache_hits: int
+    # The rate limit: pauses for throttling answers (backpressure), and its rate as last
+    # reported (attempts a second; None until a rate_limit_changed event: an adaptive
+    # limit reports its first, a fixed one only once throttling moved it).
+    rate_limit_pauses: int = 0
+    rate_limit_rate: float | None = None
 
 
 class _Counts:
-    __slots__ = ("cache_hits", "calls", "failures", "fallbacks_used", "retries", "successes")
+    __slots__ = (
+        "cache_hits",
+        "calls",
+        "failures",
+        "fallbacks_used",
+        "rate",
+        "rate_limit_pauses",
+        "retries",
+        "successes",
+    )
 
     def __init__(self) -> None:
         self.calls = self.successes = self.failures = 0
-        self.retries = self.fallbacks_used = self.cache_hits = 0
+        self.retries = self.fallbacks_used = self.cache_hits = self.rate_limit_pauses = 0
+        self.rate: float | None = None
 
 
 class Observer:
@@ -204,7 +219,8 @@ class Observer:
         forward = _forwarded
         counts = self.counts
         if forward is None and counts is not None:
-            self._count(counts, kind, info.fallback_index if info is not None else None)
+            index = info.fallback_index if info is not None else None
+            self._count(counts, kind, index, fields.get("rate"))
         if not self.listeners and forward is None:
             return
         event = Event(
@@ -231,7 +247,7 @@ class Observer:
                 self._send(event, _hub.hooks)
                 continue
             if counts is not None:
-                self._count(counts, event.kind, event.fallback_index)
+                self._count(counts, event.kind, event.fallback_index, event.rate)
             self._send(event, self.listeners)
 
     def _send(self, event: Event, listeners: tuple[Hook, ...] | None = None) -> None:
@@ -241,7 +257,9 @@ class Observer:
             except Exception as exc:  # a hook never breaks the call
                 _hub.hook_failed(hook, exc)
 
-    def _count(self, counts: _Counts, kind: str, fallback_index: int | None) -> None:
+    def _count(
+        self, counts: _Counts, kind: str, fallback_index: int | None, rate: float | None = None
+    ) -> None:
         with self._lock:
             if kind == CALL_STARTED:
                 counts.calls += 1
@@ -257,6 +275,10 @@ class Observer:
                 counts.calls += 1
                 counts.successes += 1
                 counts.cache_hits += 1
+            elif kind == RATE_LIMIT_PAUSED:
+                counts.rate_limit_pauses += 1
+            elif kind == RATE_LIMIT_CHANGED and rate is not None:
+                counts.rate = rate
 
     def stats(self) -> Stats:
         counts = self.counts
@@ -273,6 +295,8 @@ class Observer:
                 counts.retries,
                 counts.fallbacks_used,
                 counts.cache_hits,
+                counts.rate_limit_pauses,
+                counts.rate,
             )
 
     def reset_stats(self) -> None:
