@@ -54,7 +54,7 @@ def _memory_ttl_sync(step: CacheStep, func: Callable[..., Any]) -> Callable[...,
     # The same, with the entry's expiry checked against the backend's clock.
     backend: MemoryBackend = step.backend
     key_of, arity, observer, slow = step.key_of, step.arity, step.observer, step.after_lookup_sync
-    hot, log, limit, compact = backend.hot, backend.log, backend.limit, backend.compact_hits
+    hot, log, due, compact = backend.hot, backend.log, backend.due, backend.compact_hits
     timer = backend.timer
 
     def cached(*args: Any, **kwargs: Any) -> Any:
@@ -65,9 +65,10 @@ def _memory_ttl_sync(step: CacheStep, func: Callable[..., Any]) -> Callable[...,
         except Exception as exc:
             problem = exc
         else:
-            if timer() < entry.expires:
+            now = timer()
+            if now < entry.expires:
                 log.append(entry)
-                if len(log) > limit:
+                if now > due[0]:
                     compact()
                 if observer.on:
                     observer.emit(CACHE_HIT, CallInfo(observer.function))

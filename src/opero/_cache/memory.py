@@ -19,9 +19,12 @@ building makes up for that, so hits never take the lock and never enter cachetoo
   each once at its last hit, so its LRU order is what it would be had every hit gone
   through it: eviction stays cachetools' own, exactly least recently used.
 - The log is the hit count too: `hits` is what replays counted plus the log's length.
-- In a cache read and not written, a hit that finds the log over `limit` entries (twice
-  the cache, plus some) calls `compact_hits`, which keeps each logged entry once, at its
-  last hit. Entries hash by identity: compacting and replaying hash no key.
+- In a cache read and not written, `compact_hits` keeps each logged entry once, at its
+  last hit, once the log holds more than `limit` (twice the cache, plus some): a hit
+  without a TTL compares the log's length with it; a TTL hit, which has read the clock
+  anyway, compacts when `due` (a millisecond after the last compaction) has passed,
+  which costs it a comparison rather than a call. Entries hash by identity: compacting
+  and replaying hash no key.
 
 Expiry is cachetools' too: `set` reads the clock once (`with entries.timer`), for its
 entry and for the mirror's, and a mirrored entry past its time is a miss until the
@@ -40,6 +43,7 @@ from cachetools import LRUCache, TTLCache
 clock: Callable[[], float] = time.monotonic  # what TTLs are measured with (tests replace it)
 
 _SLACK = 64  # log entries allowed over twice the cache's size before a hit compacts it
+_COMPACT_EVERY = 0.001  # seconds between a TTL cache's checks of its log's length
 
 
 class Entry:
@@ -95,6 +99,7 @@ class MemoryBackend:
         self.hot: dict[Any, Entry] = {}
         self.log: list[Entry] = []  # the hit paths hold it: emptied, never replaced
         self.limit = 2 * maxsize + _SLACK
+        self.due = [self.timer() + _COMPACT_EVERY]  # when a TTL hit next calls compact_hits
         self._counted = 0  # hits counted by replays and compactions, no longer in the log
         self._carried = 0  # entries at the log's head kept by a compaction: not new hits
         self._entries: _LRU | _TTL = (
@@ -156,6 +161,7 @@ class MemoryBackend:
     def compact_hits(self) -> None:
         """Keep each logged entry once, at its last hit, if the log holds over `limit`."""
         with self._lock:
+            self.due[0] = self.timer() + _COMPACT_EVERY
             if len(self.log) <= self.limit:  # short yet, or another hit compacted it
                 return
             latest = self._take_log()
