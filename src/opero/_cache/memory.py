@@ -22,9 +22,9 @@ building makes up for that, so hits never take the lock and never enter cachetoo
 - In a cache read and not written, `compact_hits` keeps each logged entry once, at its
   last hit, once the log holds more than `limit` (twice the cache, plus some): a hit
   without a TTL compares the log's length with it; a TTL hit, which has read the clock
-  anyway, compacts when `due` (a millisecond after the last compaction) has passed,
-  which costs it a comparison rather than a call. Entries hash by identity: compacting
-  and replaying hash no key.
+  anyway, calls `compact_hits` only once `due` (a millisecond after its last call) has
+  passed, which costs it a float comparison rather than a call. Entries hash by
+  identity: compacting and replaying hash no key.
 
 Expiry is cachetools' too: `set` reads the clock once (`with entries.timer`), for its
 entry and for the mirror's, and a mirrored entry past its time is a miss until the
