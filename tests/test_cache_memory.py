@@ -179,7 +179,7 @@ def test_the_mirror_never_outgrows_the_cache(clock: FakeClock) -> None:
             clock.now += 1
             assert_mirror_matches(backend)
             assert len(backend.hot) <= 4
-            assert len(backend.touched) <= 4
+            assert len(backend.log) <= 4  # each write replays and empties it
 
 
 def test_counts_stay_exact_while_threads_hit_and_evict() -> None:
@@ -267,14 +267,20 @@ STEPS = st.lists(
 
 
 @settings(max_examples=60, deadline=None)
-@given(steps=STEPS, maxsize=st.integers(1, 4), ttl=st.sampled_from([None, 5.0]))
+@given(
+    steps=STEPS,
+    maxsize=st.integers(1, 4),
+    ttl=st.sampled_from([None, 5.0]),
+    slack=st.sampled_from([0, memory._SLACK]),  # 0: the hit log compacts often
+)
 def test_property_random_spellings_behave_like_the_model(
-    steps: list[tuple[int, int, str, int]], maxsize: int, ttl: float | None
+    steps: list[tuple[int, int, str, int]], maxsize: int, ttl: float | None, slack: int
 ) -> None:
     now = [0.0]
     calls: list[tuple[int, int]] = []
-    original = memory.clock
+    original = memory.clock, memory._SLACK
     memory.clock = lambda: now[0]  # hypothesis runs the body many times: no fixture
+    memory._SLACK = slack
     try:
 
         @opero(cache_maxsize=maxsize, cache_ttl=ttl)
@@ -283,7 +289,7 @@ def test_property_random_spellings_behave_like_the_model(
             return x * 10 + y
 
     finally:
-        memory.clock = original
+        memory.clock, memory._SLACK = original
     model = Model(maxsize, ttl)
     for x, given_y, spelling, wait in steps:
         now[0] += wait
@@ -295,3 +301,98 @@ def test_property_random_spellings_behave_like_the_model(
     info = f.cache_info()  # type: ignore[attr-defined]
     assert (info.hits, info.misses, info.size) == (model.hits, model.misses, model.size(now[0]))
     assert_mirror_matches(backend_of(f))
+
+
+@pytest.mark.parametrize("ttl", [None, 50.0])
+def test_compacting_the_hit_log_keeps_last_hits_and_counts(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch, ttl: float | None
+) -> None:
+    # A cache read and not written compacts its hit log: each entry kept once, at its
+    # last hit (not its first), and every hit still counted.
+    monkeypatch.setattr(memory, "_SLACK", 0)  # the limit is then twice the cache: 4
+    calls: list[str] = []
+
+    @opero(cache_maxsize=2, cache_ttl=ttl)
+    def f(x: str) -> str:
+        calls.append(x)
+        return x
+
+    backend = backend_of(f)
+
+    def hit(x: str) -> None:
+        clock.now += 0.01  # past `due`: a TTL hit compacts as soon as the log is over
+        assert f(x) == x
+
+    f("a"), f("b")
+    for x in "ababa":  # the fifth compacts [a b a b a] to [b a] ...
+        hit(x)
+    for x in "bbb":  # ... then [b a b b b] to [a b]: first hits would say [b a]
+        hit(x)
+    assert len(backend.log) <= backend.limit
+    f("c")  # evicts a, the least recently used
+    hit("b")
+    f("a")
+    assert calls == ["a", "b", "c", "a"]
+    assert f.cache_info() == (9, 4, 2)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("ttl", [None, 50.0])
+def test_a_log_read_by_threads_stays_bounded_and_counted(
+    clock: FakeClock, ttl: float | None
+) -> None:
+    # Hits only, from threads, past the limit many times: no hit lost, none counted twice.
+    @opero(cache_maxsize=4, cache_ttl=ttl)
+    def f(x: int) -> int:
+        return x
+
+    for x in range(4):
+        f(x)
+    backend = backend_of(f)
+    rounds, threads = 3000, 4
+    bad: list[int] = []
+
+    def worker(seed: int) -> None:
+        for i in range(rounds):
+            if i % 50 == 0:
+                clock.now += 0.01  # lets TTL hits compact
+            if f((i + seed) % 4) != (i + seed) % 4:
+                bad.append(i)
+
+    workers = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for thread in workers:
+            thread.start()
+        for thread in workers:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert bad == []
+    assert f.cache_info() == (rounds * threads, 4, 4)  # type: ignore[attr-defined]
+    assert len(backend.log) <= backend.limit + threads * 50
+
+
+async def test_async_and_frozen_hits_are_counted_once() -> None:
+    @opero
+    async def f(x: Any) -> Any:
+        return x
+
+    assert await f(1) == await f(1) == await f(x=1) == 1
+    assert await f([1]) == await f([1]) == [1]  # unhashable: found through its frozen key
+    assert f.cache_info() == (3, 2, 2)  # type: ignore[attr-defined]
+    f.cache_clear()  # type: ignore[attr-defined]
+    assert f.cache_info() == (0, 0, 0)  # type: ignore[attr-defined]
+    assert await f(1) == 1
+    assert f.cache_info() == (0, 1, 1)  # type: ignore[attr-defined]
+
+
+def test_delete_replays_the_log_and_lets_go_of_the_value() -> None:
+    backend = MemoryBackend(4, None)
+    backend.set("k", "v")
+    assert backend.get("k") == "v"
+    backend.delete("k")
+    assert backend.log == []
+    assert backend.hits == 1
+    with pytest.raises(KeyError):
+        backend.get("k")

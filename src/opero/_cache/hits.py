@@ -28,28 +28,22 @@ def memory_sync(step: CacheStep, func: Callable[..., Any]) -> Callable[..., Any]
     if backend.ttl is not None:
         return _memory_ttl_sync(step, func)
     key_of, arity, observer, slow = step.key_of, step.arity, step.observer, step.after_lookup_sync
-    hot, touched = backend.hot, backend.touched
-    move = touched.move_to_end
+    hot, log, limit, compact = backend.hot, backend.log, backend.limit, backend.compact_hits
 
     def cached(*args: Any, **kwargs: Any) -> Any:
         key = NO_KEY
         try:
             key = args if len(args) == arity and not kwargs else key_of(args, kwargs)
-            value = hot[key]
+            entry = hot[key]
         except Exception as exc:
             problem = exc
         else:
-            if key in touched:  # the LRU order, for the next write (`touch`, written out)
-                try:  # noqa: SIM105 - contextlib.suppress would cost every hit a with block
-                    move(key)
-                except KeyError:  # a write replayed it in between
-                    pass
-            else:
-                touched[key] = None
-            step.hits += 1
+            log.append(entry)  # the LRU order and the hit count (see `opero._cache.memory`)
+            if len(log) > limit:
+                compact()
             if observer.on:
                 observer.emit(CACHE_HIT, CallInfo(observer.function))
-            return value
+            return entry.value
         # Outside the except block, so the call's own errors get no cache context.
         return slow(func, args, kwargs, key, problem)
 
@@ -60,29 +54,25 @@ def _memory_ttl_sync(step: CacheStep, func: Callable[..., Any]) -> Callable[...,
     # The same, with the entry's expiry checked against the backend's clock.
     backend: MemoryBackend = step.backend
     key_of, arity, observer, slow = step.key_of, step.arity, step.observer, step.after_lookup_sync
-    hot, touched, timer = backend.hot, backend.touched, backend.timer
-    move = touched.move_to_end
+    hot, log, due, compact = backend.hot, backend.log, backend.due, backend.compact_hits
+    timer = backend.timer
 
     def cached(*args: Any, **kwargs: Any) -> Any:
         key = NO_KEY
         try:
             key = args if len(args) == arity and not kwargs else key_of(args, kwargs)
-            value, expires = hot[key]
+            entry = hot[key]
         except Exception as exc:
             problem = exc
         else:
-            if timer() < expires:
-                if key in touched:
-                    try:  # noqa: SIM105 - as above
-                        move(key)
-                    except KeyError:
-                        pass
-                else:
-                    touched[key] = None
-                step.hits += 1
+            now = timer()
+            if now < entry.expires:
+                log.append(entry)
+                if now > due[0]:
+                    compact()
                 if observer.on:
                     observer.emit(CACHE_HIT, CallInfo(observer.function))
-                return value
+                return entry.value
             problem = KeyError(key)  # expired: a miss; the write that follows purges it
         return slow(func, args, kwargs, key, problem)
 
@@ -90,8 +80,8 @@ def _memory_ttl_sync(step: CacheStep, func: Callable[..., Any]) -> Callable[...,
 
 
 def memory_async(step: CacheStep, func: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
-    """The async twin of `memory_sync` (one call to `MemoryBackend.get`: an awaited call
-    costs more than that call already)."""
+    """The async twin of `memory_sync` (one call to `MemoryBackend.get`, which counts the
+    hit: an awaited call costs more than that call already)."""
     get = step.backend.get
     key_of, arity, observer, slow = step.key_of, step.arity, step.observer, step.after_lookup_async
 
@@ -103,7 +93,6 @@ def memory_async(step: CacheStep, func: Callable[..., Awaitable[Any]]) -> Callab
         except Exception as exc:
             problem = exc
         else:
-            step.hits += 1
             if observer.on:
                 observer.emit(CACHE_HIT, CallInfo(observer.function))
             return value

@@ -231,7 +231,7 @@ class CacheStep:
         if value is not _UNBOUND:  # a frozen key that is a hit after all
             del self._async_flights[key]
             future.set_result(value)
-            self.count_hit()
+            self.count_found()
             return value
         try:
             self.misses += 1
@@ -296,12 +296,20 @@ class CacheStep:
                 _log_cache_problem(self.name, "read", exc)
             self.misses += 1
             return MISSING
-        self.count_hit()
+        self.count_found()
         return value
 
     def count_hit(self) -> None:
-        """A hit found off the inlined path (a frozen key, a re-check)."""
+        """A hit no backend lookup served: a follower of a single flight."""
         self.hits += 1
+        if self.observer.on:
+            self.observer.emit(CACHE_HIT, CallInfo(self.observer.function))
+
+    def count_found(self) -> None:
+        """A hit the backend's `get` found off the inlined path (a frozen key, a
+        re-check); the memory backend has counted it already (`MemoryBackend.hits`)."""
+        if not self.in_memory:
+            self.hits += 1
         if self.observer.on:
             self.observer.emit(CACHE_HIT, CallInfo(self.observer.function))
 
@@ -316,13 +324,14 @@ class CacheStep:
         self.hits = self.misses = 0
 
     def info(self) -> CacheInfo:
+        hits = self.hits + (self.backend.hits if self.in_memory else 0)
         size: int | None = None
         if hasattr(self.backend, "__len__"):
             try:
                 size = len(self.backend)
             except Exception as exc:  # statistics must not fail when the backend is down
                 _log_cache_problem(self.name, "size", exc, "size unknown")
-        return CacheInfo(self.hits, self.misses, size)
+        return CacheInfo(hits, self.misses, size)
 
 
 def _log_cache_problem(
