@@ -462,6 +462,45 @@ def test_a_pause_holds_a_burst_too_and_the_bucket_is_full_after_it(
     assert [limiter.release() for _ in range(4)] == pytest.approx([0.0, 0.0, 0.0, 0.1])
 
 
+@pytest.mark.parametrize("adaptive_limit", [False, True])
+def test_a_redis_burst_of_n_goes_at_once_then_releases_are_spaced_and_a_pause_holds_it(
+    redis_env: str, adaptive_limit: bool
+) -> None:
+    from opero._policies.rate_limit_redis import RedisRateLimiter
+
+    key = f"opero:t:burst-{adaptive_limit}"
+    curve = Adaptation(10.0, found=True) if adaptive_limit else None
+    limiter = RedisRateLimiter(10.0, key, adaptation=curve, burst=3)
+    limiter._client.delete(key, f"{key}:last", f"{key}:paused", f"{key}:curve", f"{key}:n")
+    now = time.monotonic()
+    starts = [limiter.take() - now for _ in range(5)]
+    assert starts[:3] == pytest.approx([0.0] * 3, abs=0.03)
+    assert starts[3:] == pytest.approx([0.1, 0.2], abs=0.03)
+    assert [limiter.release() for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.release() == pytest.approx(0.1, abs=0.03)
+    time.sleep(0.35)  # the bucket refills, to 3 and no more
+    waits = [limiter.release() for _ in range(4)]
+    assert waits[:3] == [0.0, 0.0, 0.0]
+    assert waits[3] == pytest.approx(0.1, abs=0.03)
+    assert limiter.pause(0.3)
+    now = time.monotonic()
+    assert limiter.take() - now >= 0.27  # no early turn inside the pause
+    assert limiter.release() >= 0.27
+
+
+def test_redis_burst_through_the_decorator(redis_env: str) -> None:
+    starts: list[float] = []
+
+    @opero(cache=False, rate_limit=5, rate_limit_burst=4, rate_limit_backend="redis")
+    def call() -> None:
+        starts.append(time.monotonic())
+
+    for _ in range(5):
+        call()
+    assert starts[3] - starts[0] < 0.1  # 4 at once, though 5/s spaces them 0.2 s
+    assert starts[4] - starts[0] >= 0.15  # then the rate
+
+
 def test_burst_through_the_decorator() -> None:
     starts: list[float] = []
 
@@ -480,11 +519,6 @@ def test_burst_through_the_decorator() -> None:
         ({"rate_limit": 5, "rate_limit_burst": 0}, ValueError, "rate_limit_burst must be >= 1"),
         ({"rate_limit": 5, "rate_limit_burst": 2.5}, TypeError, "rate_limit_burst must be an int"),
         ({"rate_limit_burst": 3}, ValueError, r"rate_limit_burst \(3\) needs a rate_limit"),
-        (
-            {"rate_limit": 5, "rate_limit_burst": 3, "rate_limit_backend": "redis"},
-            ValueError,
-            "not supported with rate_limit_backend='redis'",
-        ),
     ],
 )
 def test_burst_options_are_checked_at_decoration(

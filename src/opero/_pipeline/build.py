@@ -360,7 +360,7 @@ def build_rate_limit_step(func: Any, options: OperoOptions) -> RateLimitStep:
             key = f"opero:{options.cache_namespace}:ratelimit:{function_identity(func)}"
         from opero._policies.rate_limit_redis import RedisRateLimiter
 
-        limiter = RedisRateLimiter(rate, key, adaptation=adaptation)
+        limiter = RedisRateLimiter(rate, key, adaptation=adaptation, burst=options.rate_limit_burst)
     else:
         limiter = LocalRateLimiter(rate, adaptation, options.rate_limit_burst)
     # A pause lasts at most as long as the retry step obeys a Retry-After.

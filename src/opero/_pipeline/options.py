@@ -171,11 +171,6 @@ def _check_burst(decorator: str, options: OperoOptions, given: dict[str, Any]) -
             f"{decorator}(): rate_limit_burst ({options.rate_limit_burst!r}) needs a "
             "rate_limit (attempts per second): it is that limit's bucket"
         )
-    if options.rate_limit_burst > 1 and options.rate_limit_backend == "redis":
-        raise ValueError(
-            f"{decorator}(): rate_limit_burst ({options.rate_limit_burst!r}) is not "
-            "supported with rate_limit_backend='redis' yet"
-        )
 
 
 def _normalized(decorator: str, options: OperoOptions) -> OperoOptions:

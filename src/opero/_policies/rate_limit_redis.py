@@ -29,6 +29,31 @@ INTERVAL_NOW_LUA = NOW_LUA + "local interval = tonumber(ARGV[1])\n"
 # The cut's recovery times and how near w_max a cut confirms it (see adaptive.SAME).
 _RECOVERY = [repr(adaptive.RECOVERY_SHORT), repr(adaptive.RECOVERY), repr(adaptive.SAME)]
 
+# A token bucket (`rate_limit_burst`): the last ARGV is how many turns beyond one may
+# go early (0: none), the last key the pause's end, which no early turn goes before.
+TAKE_BURST_LUA = """
+local extra = tonumber(ARGV[#ARGV])
+if extra > 0 then
+  local paused = tonumber(redis.call('GET', KEYS[#KEYS]) or '0')
+  start = math.max(now, start - extra * interval, paused)
+end
+"""
+# The release step: `last` is the last release's turn, `ready` the next one's; with a
+# burst it may go `extra` turns early (as `LocalRateLimiter.release`).
+RELEASE_READY_LUA = """
+local last = tonumber(redis.call('GET', KEYS[1]) or '-1e18')
+local extra = tonumber(ARGV[#ARGV])
+local ready = last + interval
+local early = ready
+if extra > 0 then
+  early = math.max(ready - extra * interval, tonumber(redis.call('GET', KEYS[#KEYS]) or '0'))
+end
+if now >= early then
+  local at = math.max(ready, now)
+  redis.call('SET', KEYS[1], string.format('%.0f', at), 'PX',
+    math.ceil((at - now + interval) / 1000) + 1000)
+"""
+
 _TAKE_LUA = (
     INTERVAL_NOW_LUA
     + """
@@ -37,29 +62,33 @@ local start = math.max(now, next_start)
 local after = start + interval
 local idle_ms = math.ceil((after - now) / 1000) + 1000
 redis.call('SET', KEYS[1], string.format('%.0f', after), 'PX', idle_ms)
-return start - now
 """
+    + TAKE_BURST_LUA
+    + "return start - now\n"
 )
 
 _RELEASE_LUA = (
     INTERVAL_NOW_LUA
+    + RELEASE_READY_LUA
     + """
-local last = tonumber(redis.call('GET', KEYS[1]) or '-1e18')
-if now >= last + interval then
-  redis.call('SET', KEYS[1], string.format('%.0f', now), 'PX', math.ceil(interval / 1000) + 1000)
   return 0
 end
-return last + interval - now
+return early - now
 """
 )
 
 
-# Both keys of one limit: no start before the pause ends, no release before it either.
+# Both keys of one limit: no start before the pause ends, no release before it either;
+# and the pause's end, for a burst (which must not go early into it).
 _PAUSE_LUA = (
     INTERVAL_NOW_LUA
     + """
 local ends = now + tonumber(ARGV[2])
 local idle_ms = math.ceil((ends + interval - now) / 1000) + 1000
+local paused = tonumber(redis.call('GET', KEYS[3]) or '0')
+if paused < ends then
+  redis.call('SET', KEYS[3], string.format('%.0f', ends), 'PX', idle_ms)
+end
 local next_start = tonumber(redis.call('GET', KEYS[1]) or '0')
 if next_start < ends then
   redis.call('SET', KEYS[1], string.format('%.0f', ends), 'PX', idle_ms)
@@ -87,7 +116,12 @@ class RedisRateLimiter:
     blocking_io = True  # async callers talk to Redis from a worker thread
 
     def __init__(
-        self, rate: float, key: str, url: str | None = None, adaptation: Adaptation | None = None
+        self,
+        rate: float,
+        key: str,
+        url: str | None = None,
+        adaptation: Adaptation | None = None,
+        burst: int = 1,
     ) -> None:
         import os
 
@@ -97,21 +131,25 @@ class RedisRateLimiter:
         self._client = redis_client(url)
         self.interval = 1.0 / rate
         self.adaptation = adaptation
+        paused = f"{key}:paused"
         if adaptation is None:
-            self.keys = [key], [f"{key}:last"]
+            self.keys = [key, paused], [f"{key}:last", paused]
             take, release = _TAKE_LUA, _RELEASE_LUA
         else:
             from opero._policies import rate_limit_redis_adaptive as lua
 
-            self.keys = [key, f"{key}:curve"], [f"{key}:last", f"{key}:n"]
+            self.keys = [key, f"{key}:curve", paused], [f"{key}:last", f"{key}:n", paused]
             self.curve_keys = [f"{key}:curve", f"{key}:n"]
             take, release = lua.TAKE_LUA, lua.RELEASE_LUA
             self._cut = self._client.register_script(lua.CUT_LUA)
+        self.pause_keys = [key, f"{key}:last", paused]
+        self.burst = burst
+        self.extra = [burst - 1]  # the last argument of take and release
         self.args = [max(1, math.ceil(1_000_000 / rate))]
         self._take = self._client.register_script(take)
         self._release = self._client.register_script(release)
         self._pause = self._client.register_script(_PAUSE_LUA)
-        self._fallback = LocalRateLimiter(rate, adaptation)
+        self._fallback = LocalRateLimiter(rate, adaptation, burst)
         self._down = False
 
     def take(self) -> float:
@@ -132,10 +170,10 @@ class RedisRateLimiter:
     def _take_args(self) -> list[Any]:
         adaptation = self.adaptation
         if adaptation is None:
-            return self.args
+            return self.args + self.extra
         found = "1" if adaptation.found else "0"
         ceiling = repr(adaptation.ceiling if adaptation.found else 0.0)
-        return [*self.args, ceiling, found, repr(adaptive.RECOVERY_SHORT)]
+        return [*self.args, ceiling, found, repr(adaptive.RECOVERY_SHORT), *self.extra]
 
     def _set_rate(self, rate: float) -> None:
         self.interval = 1.0 / rate
@@ -155,7 +193,7 @@ class RedisRateLimiter:
         if self._down:
             return self._fallback.release()
         try:
-            wait_us = self._release(keys=self.keys[1], args=self.args)
+            wait_us = self._release(keys=self.keys[1], args=self.args + self.extra)
         except Exception as exc:
             self._note_outage(exc)
             return self._fallback.release()
@@ -166,8 +204,8 @@ class RedisRateLimiter:
         doubles as the pause's end: the take step never schedules before it)."""
         self._fallback.pause(seconds)  # holds this process if Redis goes away meanwhile
         try:
-            keys = [self.keys[0][0], self.keys[1][0]]
-            return bool(self._pause(keys=keys, args=[*self.args, math.ceil(seconds * 1e6)]))
+            args = [*self.args, math.ceil(seconds * 1e6)]
+            return bool(self._pause(keys=self.pause_keys, args=args))
         except Exception as exc:
             self._note_outage(exc)
             return True

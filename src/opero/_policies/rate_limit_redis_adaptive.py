@@ -12,7 +12,12 @@ check, so two processes throttled at once cut once.
 
 from __future__ import annotations
 
-from opero._policies.rate_limit_redis import INTERVAL_NOW_LUA, NOW_LUA
+from opero._policies.rate_limit_redis import (
+    INTERVAL_NOW_LUA,
+    NOW_LUA,
+    RELEASE_READY_LUA,
+    TAKE_BURST_LUA,
+)
 
 TAKE_LUA = (
     INTERVAL_NOW_LUA
@@ -33,6 +38,9 @@ local start = math.max(now, next_start)
 local after = start + interval
 local idle_ms = math.ceil((after - now) / 1000) + 1000
 redis.call('SET', KEYS[1], string.format('%.0f', after), 'PX', idle_ms)
+"""
+    + TAKE_BURST_LUA
+    + """
 return {string.format('%.0f', start - now), string.format('%.17g', w),
   string.format('%.0f', now - t), curve[4] or ARGV[4]}
 """
@@ -40,17 +48,15 @@ return {string.format('%.0f', start - now), string.format('%.17g', w),
 
 RELEASE_LUA = (
     INTERVAL_NOW_LUA
+    + RELEASE_READY_LUA
     + """
-local last = tonumber(redis.call('GET', KEYS[1]) or '-1e18')
-if now >= last + interval then
-  redis.call('SET', KEYS[1], string.format('%.0f', now), 'PX', math.ceil(interval / 1000) + 1000)
   local second = math.floor(now / 1000000)
   redis.call('HINCRBY', KEYS[2], second, 1)
   redis.call('HDEL', KEYS[2], second - 2)
   redis.call('PEXPIRE', KEYS[2], 5000)
   return 0
 end
-return last + interval - now
+return early - now
 """
 )
 
