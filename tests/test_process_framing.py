@@ -80,6 +80,19 @@ def test_a_framed_queue_sends_and_receives_through_its_pipe() -> None:
     queue.close()
 
 
+def test_a_framed_contexts_pool_frames_its_messages() -> None:
+    import multiprocess
+
+    pool = framing.framed_context(multiprocess.get_context()).Pool(1)
+    try:
+        assert isinstance(pool._inqueue, framing.FramedQueue)
+        assert isinstance(pool._outqueue, framing.FramedQueue)
+        assert pool.apply_async(framed_queues, (0,)).get(timeout=30) >= 2
+    finally:
+        pool.terminate()
+        pool.join()
+
+
 def test_workers_send_with_the_framed_queues(start_method: str) -> None:
     mapped = opmap(mode="process", start_method=start_method, workers=1, **FAST)(framed_queues)
     assert mapped([0])[0] >= 2  # the task queue and the result queue

@@ -98,6 +98,11 @@ class _FramedContext:
     def SimpleQueue(self) -> FramedQueue:
         return FramedQueue(ctx=self.context.get_context())
 
+    def Pool(self, *args: Any, **kwargs: Any) -> Any:  # the context's own would not frame
+        from multiprocess.pool import Pool
+
+        return Pool(*args, context=self, **kwargs)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.context, name)
 

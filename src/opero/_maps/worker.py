@@ -7,8 +7,9 @@ and the pool engine never sees an exception it could mishandle.
 Process workers get their pipeline once, through the pool initializer: inherited under
 fork, built from a cloudpickle payload under forkserver and spawn (`opero._maps.start`),
 never pickled per item. They take their items as stdlib-pickled bytes and answer in bytes:
-the engine (multiprocess, on dill) then only moves bytes, and dill's pure-Python pickler
-stays off the hot path. Before each chunk a worker writes the chunk's number into its slot of a
+the engine (multiprocess, on dill) then only moves bytes, in frames that the pool pickles
+with the C pickler too (`opero._maps.framing`), so dill's pure-Python pickler stays off
+the hot path. Before each chunk a worker writes the chunk's number into its slot of a
 shared array, so the parent can tell which chunk a dead worker was running.
 """
 
