@@ -138,12 +138,15 @@ class ProcessEngine:
         from pathos.multiprocessing import ProcessPool as PathosProcessPool
         from twat_mp import MultiPool
 
+        from opero._maps.framing import framed_context
+
         factory = functools.partial(
             PathosProcessPool,
             id=f"opero-{uuid.uuid4().hex}",
             initializer=init_process_worker,
             initargs=initargs,
-            context=context,
+            # The pool's own messages with the C pickler, not dill's pure-Python one.
+            context=framed_context(context),
         )
         self._context = MultiPool(pool_class=factory, nodes=workers)  # type: ignore[arg-type]
         return self._context.__enter__()._serve()

@@ -7,8 +7,9 @@ and the pool engine never sees an exception it could mishandle.
 Process workers get their pipeline once, through the pool initializer: inherited under
 fork, built from a cloudpickle payload under forkserver and spawn (`opero._maps.start`),
 never pickled per item. They take their items as stdlib-pickled bytes and answer in bytes:
-the engine (multiprocess, on dill) then only moves bytes, and dill's pure-Python pickler
-stays off the hot path. Before each chunk a worker writes the chunk's number into its slot of a
+the engine (multiprocess, on dill) then only moves bytes, in frames that the pool pickles
+with the C pickler too (`opero._maps.framing`), so dill's pure-Python pickler stays off
+the hot path. Before each chunk a worker writes the chunk's number into its slot of a
 shared array, so the parent can tell which chunk a dead worker was running.
 """
 
@@ -263,6 +264,7 @@ def _exit_with_parent() -> None:
 
     A daemon thread waits on the parent's sentinel (a pipe, or a process handle on
     Windows, that the parent's death closes) under every start method."""
+    import _thread
     import multiprocessing
     import threading
 
@@ -276,10 +278,13 @@ def _exit_with_parent() -> None:
         return
 
     def watch() -> None:
+        threading.current_thread().name = "opero-parent-watch"  # listed, as a dummy
         parent.join()
         os._exit(3)
 
-    threading.Thread(target=watch, name="opero-parent-watch", daemon=True).start()
+    # A bare thread: `threading.Thread.start` waits until the new thread runs, which
+    # cost each worker 0.5-2 ms of its start while the pool's processes share the cores.
+    _thread.start_new_thread(watch, ())
 
 
 def run_chunk_in_process(chunk_number: int, payload: bytes) -> bytes:
