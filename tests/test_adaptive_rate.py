@@ -108,7 +108,7 @@ def test_the_count_after_a_pause_starts_at_its_end() -> None:
     the first retune after the pause, 50 ms of releases short)."""
     curve = Adaptation(algorithm=CUBIC)
     state = curve.initial_state()
-    now = send(curve, state, 36.0, 0.0, 3.0)
+    now = send(curve, state, 36.0, 0.0, 3.0) + 0.01
     assert curve.cut(state, now=now, start=now - 0.01, resume=now + 1.0)
     released = state[adaptive.RELEASED]
     resume = now + 1.0
@@ -151,6 +151,44 @@ def test_a_cut_that_confirms_the_rate_recovers_slowly_one_that_moves_it_soon() -
     assert curve.cut(state, now=now, start=now, resume=now + 1.0)  # the quota halved
     assert state[adaptive.W_MAX] == pytest.approx(20.0)
     assert state[adaptive.K] == adaptive.RECOVERY_SHORT
+
+
+def test_a_cut_reads_the_count_not_the_curve_and_uncounts_what_was_throttled() -> None:
+    """Right after a cut the server's window still holds what went before it: a
+    second answer then records the count (the quota), not the cut rate under it, which
+    compounded (17.7, 16.5, 15.3/s against 20/s); and answers 429 are not counted as
+    taken (retries refused inside the window read 20/s as 24/s)."""
+    curve = Adaptation(algorithm=CUBIC)
+    state = curve.initial_state()
+    curve.retune(state, 0.0, binding=True)
+    now = send(curve, state, 20.0, 0.0, 2.0) + 0.01
+    count = state[adaptive.RELEASED]
+    assert curve.cut(state, now=now, start=now - 0.01, resume=now + 0.05)
+    assert state[adaptive.RELEASED] == count - 1  # the throttled attempt is uncounted
+    first = state[adaptive.W_MAX]
+    # Retries and turns reserved before the cut keep the server's window full: refused.
+    later = send(curve, state, 30.0, now + 0.05, now + 0.3) + 0.01
+    cut_rate = curve.rate_at(first, later - (now + 0.05), state[adaptive.K])
+    assert curve.cut(state, now=later, start=later - 0.01, resume=later + 0.05)
+    assert state[adaptive.W_MAX] > cut_rate + 1  # the count, over the cut curve's rate
+    count = state[adaptive.RELEASED]
+    assert not curve.cut(state, now=later + 0.02, start=later - 0.02, resume=later + 0.05)
+    assert state[adaptive.RELEASED] == count - 1  # each answer, cut or not
+
+
+@pytest.mark.parametrize("make", [LocalRateLimiter, SharedRateLimiter])
+def test_slow_start_grows_for_a_caller_that_comes_back_a_little_after_its_turn(
+    make: Any, clock: FakeClock
+) -> None:
+    """A single caller, sequential, waking up and calling a little after each turn
+    (scheduling): it still waits on the limit, so slow start doubles on."""
+    curve = Adaptation()
+    limiter = make(curve.initial_rate(), adaptation=curve)
+    for _ in range(40):
+        start = limiter.take()
+        clock.now = start + 1.3 * limiter.interval  # back 30% of an interval late
+        limiter.release()
+    assert 1 / limiter.interval > 8 * SLOW_START
 
 
 def test_a_fixed_limit_at_its_ceiling_records_its_rate() -> None:
@@ -295,13 +333,13 @@ def test_a_redis_cut_that_confirms_the_rate_recovers_slowly_one_that_moves_it_so
         """`count` releases a second for the last two seconds of Redis's clock (the
         current second's share so far), then a cut."""
         second, micros = client.time()
-        now = {second: count * micros / 1e6, second - 1: count}
+        now = {second: round(count * micros / 1e6), second - 1: count}
         client.hset(f"{key}:n", mapping=now)
         time.sleep(0.01)  # after the last cut's origin
         assert limiter.slow_down(time.monotonic()) is not None
 
     cut_after(40)  # 100/s was a guess: the count moved it
-    assert float(client.hget(f"{key}:curve", "w")) == pytest.approx(40, abs=1)
+    assert float(client.hget(f"{key}:curve", "w")) == pytest.approx(40, abs=2)
     assert float(client.hget(f"{key}:curve", "k")) == adaptive.RECOVERY_SHORT
     cut_after(41)  # the same quota again
     assert float(client.hget(f"{key}:curve", "k")) == adaptive.RECOVERY

@@ -102,7 +102,10 @@ class LocalRateLimiter:
             now = time.monotonic()
             if now >= self._curve[RETUNE_AT]:  # the rate moves: recompute it
                 assert self.adaptation is not None
-                binding = self._next_start > now
+                # Binding: someone came for a turn within an interval of it. A caller
+                # waking a little after its turn (a sequential one, every time) still
+                # waits on the limit: `> now` alone stalled slow start for it.
+                binding = self._next_start > now - self.interval
                 self._set_rate(self.adaptation.retune(self._curve, now, binding), now)
             holes = self._holes
             if holes:

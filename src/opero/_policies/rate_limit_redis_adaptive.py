@@ -28,7 +28,7 @@ local w, t = tonumber(curve[1]), tonumber(curve[2])
 if t == nil then
   w = tonumber(ARGV[2])
   if ARGV[3] == '1' then t = now - 1e12 else t = now end
-elseif next_start < now and curve[3] then
+elseif next_start < now - interval and curve[3] then
   t = t + (now - tonumber(curve[3]))
 end
 redis.call('HSET', KEYS[2], 'w', string.format('%.17g', w), 't', string.format('%.0f', t),
@@ -68,6 +68,9 @@ CUT_LUA = (
     NOW_LUA
     + """
 local t = tonumber(redis.call('HGET', KEYS[1], 't') or '-1e18')
+-- The throttled attempt is no longer counted as released (see adaptive.Adaptation.cut).
+local sent = math.floor((now - tonumber(ARGV[1])) / 1000000)
+if redis.call('HEXISTS', KEYS[2], sent) == 1 then redis.call('HINCRBY', KEYS[2], sent, -1) end
 if now - tonumber(ARGV[1]) < t then return false end
 local second = math.floor(now / 1000000)
 local part = (now % 1000000) / 1000000
@@ -75,7 +78,7 @@ local this = tonumber(redis.call('HGET', KEYS[2], second) or '0')
 local before = tonumber(redis.call('HGET', KEYS[2], second - 1) or '0')
 local released = this + before * (1 - part)
 local w = tonumber(ARGV[3])
-if released > 0 and released < w then w = released end
+if released > 0 then w = released end
 local before = tonumber(redis.call('HGET', KEYS[1], 'w') or '0')
 local k = ARGV[4]
 if released > 0 and before > 0 and math.abs(w - before) <= tonumber(ARGV[6]) * before then

@@ -73,7 +73,8 @@ class SharedRateLimiter:
         assert self.adaptation is not None
         times = self._times
         curve = list(times[CURVE:END])
-        rate = self.adaptation.retune(curve, now, times[NEXT_START] > now)
+        # Binding: someone came for a turn within an interval of it (see LocalRateLimiter).
+        rate = self.adaptation.retune(curve, now, times[NEXT_START] > now - times[INTERVAL])
         times[CURVE:END] = curve
         self._set_rate(rate, now)
 
@@ -134,9 +135,10 @@ class SharedRateLimiter:
             curve = list(times[CURVE:END])
             now = time.monotonic()
             resume = max(now, times[PAUSED_UNTIL])
-            if not adaptation.cut(curve, now, start, resume):
+            cut = adaptation.cut(curve, now, start, resume)
+            times[CURVE:END] = curve  # the release count changes either way
+            if not cut:
                 return None
-            times[CURVE:END] = curve
             rate = adaptation.rate_at(curve[0], 0.0)
             self._set_rate(rate, now)
         return rate
