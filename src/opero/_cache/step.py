@@ -299,19 +299,18 @@ class CacheStep:
         self.count_found()
         return value
 
-    def count_hit(self) -> None:
-        """A hit no backend lookup served: a follower of a single flight."""
-        self.hits += 1
+    def count_hit(self, counted: bool = False) -> None:
+        """A hit no backend lookup served (a follower of a single flight), or one
+        `counted` by the backend already (see `count_found`)."""
+        if not counted:
+            self.hits += 1
         if self.observer.on:
             self.observer.emit(CACHE_HIT, CallInfo(self.observer.function))
 
     def count_found(self) -> None:
         """A hit the backend's `get` found off the inlined path (a frozen key, a
         re-check); the memory backend has counted it already (`MemoryBackend.hits`)."""
-        if not self.in_memory:
-            self.hits += 1
-        if self.observer.on:
-            self.observer.emit(CACHE_HIT, CallInfo(self.observer.function))
+        self.count_hit(counted=self.in_memory)
 
     def store(self, key: Any, value: object) -> None:
         try:

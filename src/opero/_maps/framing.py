@@ -18,6 +18,7 @@ multiprocess, in the parent or inside items, keep dill throughout.
 
 from __future__ import annotations
 
+import collections
 import copyreg
 import io
 import pickle
@@ -27,23 +28,22 @@ from multiprocess import reduction
 from multiprocess.queues import SimpleQueue
 
 _DILL = reduction.ForkingPickler
+# multiprocess's reducers ahead of copyreg's: one view of both, made once, that sees
+# reducers registered later (a copy per message cost each ~1 us of its ~2.3 us).
+_TABLE = collections.ChainMap(_DILL._extra_reducers, copyreg.dispatch_table)
 
 
 class _Pickler(pickle.Pickler):
     """The C pickler with multiprocess's reducers (connections, sockets, ...)."""
 
-    def __init__(self, file: io.BytesIO) -> None:
-        super().__init__(file, pickle.HIGHEST_PROTOCOL)
-        table = copyreg.dispatch_table.copy()
-        table.update(_DILL._extra_reducers)
-        self.dispatch_table = table
+    dispatch_table = _TABLE
 
 
 def dumps(obj: Any) -> Any:
     """`obj` pickled for a pool's pipe: C pickler first, dill for what it refuses."""
     buffer = io.BytesIO()
     try:
-        _Pickler(buffer).dump(obj)
+        _Pickler(buffer, pickle.HIGHEST_PROTOCOL).dump(obj)
     except Exception:
         return _DILL.dumps(obj)
     return buffer.getbuffer()

@@ -169,8 +169,8 @@ class _Counts:
         "calls",
         "failures",
         "fallbacks_used",
-        "rate",
         "rate_limit_pauses",
+        "rate_limit_rate",
         "retries",
         "successes",
     )
@@ -178,7 +178,7 @@ class _Counts:
     def __init__(self) -> None:
         self.calls = self.successes = self.failures = 0
         self.retries = self.fallbacks_used = self.cache_hits = self.rate_limit_pauses = 0
-        self.rate: float | None = None
+        self.rate_limit_rate: float | None = None
 
 
 class Observer:
@@ -278,7 +278,7 @@ class Observer:
             elif kind == RATE_LIMIT_PAUSED:
                 counts.rate_limit_pauses += 1
             elif kind == RATE_LIMIT_CHANGED and rate is not None:
-                counts.rate = rate
+                counts.rate_limit_rate = rate
 
     def stats(self) -> Stats:
         counts = self.counts
@@ -296,7 +296,7 @@ class Observer:
                 counts.fallbacks_used,
                 counts.cache_hits,
                 counts.rate_limit_pauses,
-                counts.rate,
+                counts.rate_limit_rate,
             )
 
     def reset_stats(self) -> None:

@@ -143,7 +143,6 @@ class RedisRateLimiter:
             take, release = lua.TAKE_LUA, lua.RELEASE_LUA
             self._cut = self._client.register_script(lua.CUT_LUA)
         self.pause_keys = [key, f"{key}:last", paused]
-        self.burst = burst
         self.extra = [burst - 1]  # the last argument of take and release
         self.args = [max(1, math.ceil(1_000_000 / rate))]
         self._take = self._client.register_script(take)
@@ -220,15 +219,15 @@ class RedisRateLimiter:
         ago = math.ceil(max(0.0, now - start) * 1e6)
         pause = math.ceil(max(0.0, self.paused_until - now) * 1e6)
         try:
-            cut = self._cut(
+            w_max = self._cut(
                 keys=self.curve_keys, args=[ago, pause, repr(1.0 / self.interval), *_RECOVERY]
             )
         except Exception as exc:
             self._note_outage(exc)
             return fallback
-        if cut is None:
+        if w_max is None:
             return None
-        rate = adaptation.rate_at(max(adaptation.floor, float(cut[0])), 0.0)
+        rate = adaptation.rate_at(max(adaptation.floor, float(w_max)), 0.0)
         self._set_rate(rate)
         return rate
 

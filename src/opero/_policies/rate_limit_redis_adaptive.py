@@ -63,7 +63,7 @@ return early - now
 # ARGV: how long ago (µs) the throttled attempt was released, how long (µs) until the
 # pause this client just set ends, the rate this client saw, the short and the long
 # recovery (s) and how near w_max a cut confirms it (see adaptive.SAME). Returns the new
-# w_max and its recovery.
+# w_max (the recovery is read back by the take step).
 CUT_LUA = (
     NOW_LUA
     + """
@@ -87,6 +87,6 @@ end
 redis.call('HSET', KEYS[1], 'w', string.format('%.17g', w),
   't', string.format('%.0f', now + tonumber(ARGV[2])), 's', string.format('%.0f', now), 'k', k)
 redis.call('PEXPIRE', KEYS[1], 86400000)
-return {string.format('%.17g', w), k}
+return string.format('%.17g', w)
 """
 )
