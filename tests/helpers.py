@@ -3,7 +3,38 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
+from collections.abc import Callable
 from typing import Any, NamedTuple
+
+
+class FakeClock:
+    """A clock that moves only when a test sets `now`: called as a timer, or standing
+    in for the `time` module of code that calls `time.monotonic()`."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def run_threads(target: Callable[[int], None], count: int, switch_interval: float = 1e-6) -> None:
+    """`target(n)` in `count` threads at once, switching threads every `switch_interval`
+    seconds (not every 5 ms) to interleave them inside what they call; joins them all."""
+    threads = [threading.Thread(target=target, args=(n,)) for n in range(count)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(switch_interval)
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
 
 
 def run_python(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

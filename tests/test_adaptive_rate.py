@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from helpers import Throttled, slow_down_limiter, throttled_first
+from helpers import FakeClock, Throttled, slow_down_limiter, throttled_first
 from opero import opero, opmap
 from opero._observe.events import EVENT_KINDS, Event
 from opero._policies import adaptive, rate_limit, rate_limit_shared
@@ -216,14 +216,6 @@ def test_a_fixed_rate_starts_at_its_ceiling_and_is_not_recomputed() -> None:
 
 
 # --- the limiters, on a fake clock ------------------------------------------------------
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import math
 import random
-import sys
 import threading
 import time
 import tracemalloc
@@ -16,18 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import FakeClock, run_threads
 from opero._policies.breaker import Breaker, BreakerSet, CircuitBreakerOptions
 from opero.exceptions import CircuitOpenError, OperoError
-
-
-class FakeClock:
-    """A clock that moves only when told to."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make(clock: FakeClock, **options: Any) -> Breaker:
@@ -622,16 +612,7 @@ def test_threads_hammering_one_breaker() -> None:
                 errors.append(error)
                 return
 
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)  # switch threads often, to interleave the methods
-    try:
-        threads = [threading.Thread(target=worker, args=(slot,)) for slot in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    finally:
-        sys.setswitchinterval(interval)
+    run_threads(worker, 8, switch_interval=1e-5)  # switch often, to interleave the methods
 
     assert errors == []
     assert sum(admitted) + sum(refused) == 8 * 2500

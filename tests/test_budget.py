@@ -13,20 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import FakeClock
 from opero._policies.budget import BudgetTracker, RetryBudget
 
 # Each test on the fast pipeline and on its observed twin (see conftest.both_pipelines).
 pytestmark = pytest.mark.usefixtures("both_pipelines")
-
-
-class FakeClock:
-    """A clock the test moves by hand; never sleeps."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def grants(tracker: BudgetTracker, limit: int = 10_000) -> int:

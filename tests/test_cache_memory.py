@@ -5,7 +5,6 @@ holds exactly what cachetools holds."""
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -14,18 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import FakeClock, run_threads
 from opero import opero
 from opero._cache import memory
 from opero._cache.memory import MemoryBackend
 from opero._observe.events import Event
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -202,16 +194,7 @@ def test_counts_stay_exact_while_threads_hit_and_evict() -> None:
             if got != x * 2:
                 bad.append((x, got))
 
-    workers = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # threads switch within hits, not every 5 ms
-    try:
-        for thread in workers:
-            thread.start()
-        for thread in workers:
-            thread.join()
-    finally:
-        sys.setswitchinterval(interval)
+    run_threads(worker, threads)  # switching within hits, not every 5 ms
     info = f.cache_info()  # type: ignore[attr-defined]
     assert bad == []
     assert info.hits + info.misses == threads * rounds
@@ -358,16 +341,7 @@ def test_a_log_read_by_threads_stays_bounded_and_counted(
             if f((i + seed) % 4) != (i + seed) % 4:
                 bad.append(i)
 
-    workers = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        for thread in workers:
-            thread.start()
-        for thread in workers:
-            thread.join()
-    finally:
-        sys.setswitchinterval(interval)
+    run_threads(worker, threads)
     assert bad == []
     assert f.cache_info() == (rounds * threads, 4, 4)  # type: ignore[attr-defined]
     assert len(backend.log) <= backend.limit + threads * 50

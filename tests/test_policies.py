@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 import opero._policies.retry as retry_module
+from helpers import FakeClock
 from opero import (
     AllFailedError,
     AttemptTimeoutError,
@@ -34,14 +35,6 @@ from opero._timeouts.threads import abandoned_attempts
 
 # Each test on the fast pipeline and on its observed twin (see conftest.both_pipelines).
 pytestmark = pytest.mark.usefixtures("both_pipelines")
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
