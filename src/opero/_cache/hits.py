@@ -7,6 +7,8 @@ passes exactly the plain signature's parameters, positionally, is its argument t
 (what `KeyBuilder.bound` would return), and the lookup is `MemoryBackend.get` written
 out, without the call. Other calls (keywords, defaults left out) get their key from
 `key_of`; unhashable arguments and misses go on to `CacheStep.after_lookup_sync`.
+Functions whose signature a wrapper may take as its own get the compiled hit paths of
+`opero._cache.exact` instead, which bind keywords in C.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from opero._cache.exact import memory_async_exact, memory_sync_exact
 from opero._cache.keys import NO_KEY
 from opero._observe.events import CACHE_HIT, CallInfo
 
@@ -24,6 +27,8 @@ if TYPE_CHECKING:
 
 def memory_sync(step: CacheStep, func: Callable[..., Any]) -> Callable[..., Any]:
     """`func` behind `step`, whose backend is a `MemoryBackend`."""
+    if step.parameters is not None:
+        return memory_sync_exact(step, func)
     backend: MemoryBackend = step.backend
     if backend.ttl is not None:
         return _memory_ttl_sync(step, func)
@@ -82,6 +87,8 @@ def _memory_ttl_sync(step: CacheStep, func: Callable[..., Any]) -> Callable[...,
 def memory_async(step: CacheStep, func: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
     """The async twin of `memory_sync` (one call to `MemoryBackend.get`, which counts the
     hit: an awaited call costs more than that call already)."""
+    if step.parameters is not None:
+        return memory_async_exact(step, func)
     get = step.backend.get
     key_of, arity, observer, slow = step.key_of, step.arity, step.observer, step.after_lookup_async
 

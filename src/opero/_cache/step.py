@@ -8,10 +8,12 @@ computation and share its outcome. Exceptions are never cached; `None` is a resu
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
+from opero._cache.exact import exact_parameters
 from opero._cache.hits import backend_async, backend_sync, maybe_await, memory_async, memory_sync
 from opero._cache.keys import (
     NO_KEY,
@@ -88,7 +90,9 @@ class CacheStep:
     unhashable key into a hashable one when the first lookup says it is unhashable;
     `arity` (memory backend only, -1: none) is how many positional arguments, and no
     keywords, make a call whose argument tuple is its key (`KeyBuilder.arity`);
-    `in_memory` says the backend is a `MemoryBackend`, whose mirror the hit paths read.
+    `in_memory` says the backend is a `MemoryBackend`, whose mirror the hit paths read;
+    `parameters` (memory backend only) are the function's, when its hit path may take
+    them as its own (`opero._cache.exact`).
     """
 
     def __init__(
@@ -101,9 +105,11 @@ class CacheStep:
         custom_key: bool = False,
         arity: int = -1,
         in_memory: bool = False,
+        parameters: tuple[inspect.Parameter, ...] | None = None,
     ) -> None:
         self.backend = backend
         self.arity = arity
+        self.parameters = parameters
         self.in_memory = in_memory
         self.ttl = ttl
         self.key_of = key_of
@@ -366,6 +372,7 @@ def _cache_step(func: Callable[..., Any], options: OperoOptions) -> CacheStep:
             custom_key=custom,
             arity=keys.arity,
             in_memory=True,
+            parameters=None if custom else exact_parameters(func, keys.signature),
         )
     identity = function_identity(func)
     if backend == "disk":
