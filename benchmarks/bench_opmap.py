@@ -6,13 +6,16 @@
 - process, per start method (fork, forkserver, spawn): pool start-up (a map of one item
   per worker) and 10,000 trivial items, against multiprocessing.Pool.map on the same
   start method and joblib (loky, its own spawn-like start method, workers reused);
+- process, fork: minor page faults per map in the parent and the workers, against
+  Pool.map (`--only faults`: where fork's remaining gap goes);
 - process, 8 CPU-bound items on `--workers` workers: speed-up over a serial loop;
 - thread, 200 items of 2 ms I/O (sleep) on 8 workers: ThreadPoolExecutor.map;
 - async, 2,000 items of 1 ms I/O on 100 workers: asyncio.gather with a semaphore.
 
 Medians of `--rounds` runs; ratios are opero / peer (below 1: opero is faster).
 
-    python benchmarks/bench_opmap.py [--rounds N] [--workers N] [--quick] [--only start-methods]
+    python benchmarks/bench_opmap.py [--rounds N] [--workers N] [--quick]
+        [--only start-methods|faults]
 """
 
 from __future__ import annotations
@@ -188,6 +191,41 @@ def process_start_methods(rounds: int, workers: int, count: int) -> None:
     )
 
 
+def process_faults(rounds: int, workers: int, count: int) -> None:
+    """Minor page faults per map under fork, opmap against Pool.map: after a fork every
+    page either process writes first costs a fault (a copy while the other is alive),
+    which is where fork's remaining gap to Pool.map goes (issue 20)."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return
+    import resource  # POSIX only, as fork is
+
+    items = range(count)
+    mapped = opmap(
+        mode="process", workers=workers, start_method="fork", cache=False, progress=False
+    )(trivial)
+
+    def pool_map() -> Any:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            return pool.map(trivial, items)
+
+    def faults(who: int) -> int:
+        return resource.getrusage(who).ru_minflt
+
+    counts: dict[str, tuple[list[int], list[int]]] = {"opmap": ([], []), "Pool.map": ([], [])}
+    for _ in range(rounds):
+        for name, run in (("opmap", lambda: mapped(items)), ("Pool.map", pool_map)):
+            parent, children = faults(resource.RUSAGE_SELF), faults(resource.RUSAGE_CHILDREN)
+            run()
+            counts[name][0].append(faults(resource.RUSAGE_SELF) - parent)
+            counts[name][1].append(faults(resource.RUSAGE_CHILDREN) - children)
+    print(f"minor page faults per map, fork, {count:,} trivial items, {workers} workers:")
+    for name, (mine, theirs) in counts.items():
+        print(
+            f"  {name:10} parent {statistics.median(mine):7.0f}"
+            f"   workers {statistics.median(theirs):7.0f}"
+        )
+
+
 def process_cpu(rounds: int, workers: int) -> None:
     items = list(range(8))
     mapped = opmap(mode="process", workers=workers, start_method=FORK, cache=False, progress=False)(
@@ -252,12 +290,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="a smoke run, for the tests")
-    parser.add_argument("--only", choices=["start-methods"], help="run this section alone")
+    parser.add_argument(
+        "--only", choices=["start-methods", "faults"], help="run this section alone"
+    )
     args = parser.parse_args()
     rounds = 2 if args.quick else args.rounds
     count = 1000 if args.quick else 10_000
     if args.only == "start-methods":
         process_start_methods(rounds, args.workers, count)
+        return
+    if args.only == "faults":
+        process_faults(rounds, args.workers, count)
         return
     process_trivial(rounds, args.workers, count)
     process_start_methods(rounds, args.workers, count)
