@@ -10,12 +10,15 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import pytest
 
+from opero import AttemptTimeoutError, opmap
 from opero._timeouts import alarm
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="no SIGALRM on Windows")
@@ -151,3 +154,50 @@ def test_a_nested_cached_call_inside_a_timed_item_leaves_no_stuck_flight(
     assert nested_run(tmp_path / "nested.py") == "[(0, True)]"
     # Without the guard, flights are left behind (51 of 2,000 calls in one run here).
     assert nested_run(tmp_path / "nested.py", "--unguarded") != "[(0, True)]"
+
+
+_HELD = threading.Lock()
+
+
+def _hold_forever_or_pid(x: int) -> int:
+    if x == 0:
+        _HELD.acquire()  # the timer cuts the sleep below: held for good in this process
+        time.sleep(30)
+    with _HELD:
+        return os.getpid()
+
+
+def test_a_worker_whose_item_a_timer_cut_is_replaced_before_the_next_chunk() -> None:
+    # An interrupted item may leave anything half done in its process (here a lock it
+    # never releases). Its worker leaves once that chunk is answered: without that, item
+    # 1 would wait on the lock in the same process until its own timeout failed it.
+    mapped = opmap(
+        mode="process",
+        workers=1,
+        chunksize=1,
+        timeout=0.5,
+        retries=0,
+        cache=False,
+        progress=False,
+        return_exceptions=True,
+    )(_hold_forever_or_pid)
+    started = time.monotonic()
+    first, *pids = mapped([0, 1, 2, 3])
+    assert isinstance(first, AttemptTimeoutError)
+    assert all(isinstance(pid, int) for pid in pids), pids
+    assert len(set(pids)) == 1  # one fresh worker, kept: nothing cut it
+    assert os.getpid() not in pids
+    assert time.monotonic() - started < 10
+
+
+def test_a_worker_nothing_cut_runs_every_chunk() -> None:
+    mapped = opmap(
+        mode="process",
+        workers=1,
+        chunksize=1,
+        timeout=5,
+        retries=0,
+        cache=False,
+        progress=False,
+    )(_hold_forever_or_pid)
+    assert len(set(mapped([1, 2, 3, 4]))) == 1

@@ -14,6 +14,10 @@ multiprocess's reducers, so a `Connection` still travels as one) and falls back 
 dill for anything it refuses, so a dill-only object in a frame still travels. Receiving
 is unchanged: dill's `loads` reads both. Only this pool's queues change; other users of
 multiprocess, in the parent or inside items, keep dill throughout.
+
+A worker whose item a timeout interrupted leaves right after sending that chunk's answer
+through its result queue (`FramedQueue.put`), so no later item runs in a process whose
+code was cut at an arbitrary point.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from __future__ import annotations
 import collections
 import copyreg
 import io
+import os
 import pickle
+import threading
 from typing import Any
 
 from multiprocess import reduction
@@ -31,6 +37,16 @@ _DILL = reduction.ForkingPickler
 # multiprocess's reducers ahead of copyreg's: one view of both, made once, that sees
 # reducers registered later (a copy per message cost each ~1 us of its ~2.3 us).
 _TABLE = collections.ChainMap(_DILL._extra_reducers, copyreg.dispatch_table)
+
+
+# Set by a worker once it has answered a chunk whose item a timer cut: the next put on
+# its main thread (the pool's worker loop sending that answer) is its last.
+_leaving = [False]
+
+
+def leave_after_answer() -> None:
+    """This worker process exits right after sending the answer it is about to send."""
+    _leaving[0] = True
 
 
 class _Pickler(pickle.Pickler):
@@ -86,6 +102,10 @@ class FramedQueue(SimpleQueue):  # type: ignore[misc]
         else:
             with self._wlock:
                 self._writer.send_bytes(data)
+        if _leaving[0] and threading.get_ident() == threading.main_thread().ident:
+            # The worker's answer to a chunk in which a timer cut an item: sent, so the
+            # worker leaves, and the pool starts a fresh one for what follows.
+            os._exit(0)
 
 
 class _FramedContext:

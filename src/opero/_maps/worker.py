@@ -299,6 +299,12 @@ def run_chunk_in_process(chunk_number: int, payload: bytes) -> bytes:
         outcome.events = _events[:]
         _events.clear()
     _flush_output()  # the pool is terminated, not joined, once every chunk answered
+    if process_role.INTERRUPTED:
+        # A timer cut an item's code wherever it was (a lock may be left held): this
+        # worker leaves once the answer is sent, and the pool starts a fresh one.
+        from opero._maps.framing import leave_after_answer
+
+        leave_after_answer()
     return encode_outcome(outcome)
 
 

@@ -103,6 +103,7 @@ class _Alarm:
             signal.setitimer(signal.ITIMER_REAL, limit)  # may fire at once: inside the try
             return func(*args, **kwargs)
         except _AlarmFired:
+            process_role.INTERRUPTED = True  # this worker leaves after its chunk
             raise step.error(limit) from None
         finally:
             self.armed = False
