@@ -167,22 +167,25 @@ def _hold_forever_or_pid(x: int) -> int:
         return os.getpid()
 
 
+# One worker, one item a chunk, each item its own chunk, failures kept in place.
+_ONE_WORKER = opmap(
+    mode="process",
+    workers=1,
+    chunksize=1,
+    timeout=0.5,
+    retries=0,
+    cache=False,
+    progress=False,
+    return_exceptions=True,
+)(_hold_forever_or_pid)
+
+
 def test_a_worker_whose_item_a_timer_cut_is_replaced_before_the_next_chunk() -> None:
     # An interrupted item may leave anything half done in its process (here a lock it
     # never releases). Its worker leaves once that chunk is answered: without that, item
     # 1 would wait on the lock in the same process until its own timeout failed it.
-    mapped = opmap(
-        mode="process",
-        workers=1,
-        chunksize=1,
-        timeout=0.5,
-        retries=0,
-        cache=False,
-        progress=False,
-        return_exceptions=True,
-    )(_hold_forever_or_pid)
     started = time.monotonic()
-    first, *pids = mapped([0, 1, 2, 3])
+    first, *pids = _ONE_WORKER([0, 1, 2, 3])
     assert isinstance(first, AttemptTimeoutError)
     assert all(isinstance(pid, int) for pid in pids), pids
     assert len(set(pids)) == 1  # one fresh worker, kept: nothing cut it
@@ -191,13 +194,6 @@ def test_a_worker_whose_item_a_timer_cut_is_replaced_before_the_next_chunk() -> 
 
 
 def test_a_worker_nothing_cut_runs_every_chunk() -> None:
-    mapped = opmap(
-        mode="process",
-        workers=1,
-        chunksize=1,
-        timeout=5,
-        retries=0,
-        cache=False,
-        progress=False,
-    )(_hold_forever_or_pid)
-    assert len(set(mapped([1, 2, 3, 4]))) == 1
+    pids = _ONE_WORKER([1, 2, 3, 4])
+    assert all(isinstance(pid, int) for pid in pids), pids
+    assert len(set(pids)) == 1

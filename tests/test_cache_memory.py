@@ -72,19 +72,6 @@ def test_numbers_that_compare_equal_share_an_entry_as_before() -> None:
     assert calls == [1, 2, "1"]
 
 
-def test_unhashable_arguments_still_hit_through_their_frozen_key() -> None:
-    calls: list[Any] = []
-
-    @opero
-    def f(items: list[int], scale: int = 1) -> int:
-        calls.append(items)
-        return sum(items) * scale
-
-    assert f([1, 2]) == f([1, 2], 1) == f(items=[1, 2]) == f([1, 2], scale=1) == 3
-    assert len(calls) == 1
-    assert f.cache_info().hits == 3  # type: ignore[attr-defined]
-
-
 def test_a_custom_cache_key_never_takes_the_positional_fast_path() -> None:
     calls: list[int] = []
 
