@@ -141,6 +141,17 @@ def test_a_parameter_with_opero_s_own_prefix_keeps_the_generic_path() -> None:
     assert f.cache_info()[:2] == (2, 1)  # type: ignore[attr-defined]
 
 
+def test_parameters_named_like_builtins_or_the_wrapper_are_the_caller_s() -> None:
+    @opero(cache_ttl=60)
+    def f(len: int, Exception: int = 1, KeyError: int = 2, cached: int = 3) -> int:
+        return len + Exception + KeyError + cached
+
+    assert exact(f)
+    assert f(1) == f(len=1) == f(1, 1, 2, 3) == 7
+    assert f(1, cached=4) == 8
+    assert f.cache_info()[:2] == (2, 2)  # type: ignore[attr-defined]
+
+
 def test_keyword_only_and_variadic_signatures_keep_the_generic_path() -> None:
     @opero
     def f(x: int, *, y: int = 2) -> int:

@@ -30,19 +30,20 @@ from opero._observe.events import CACHE_HIT, CallInfo
 if TYPE_CHECKING:
     from opero._cache.step import CacheStep
 
-_PREFIX = "_opero_"  # the generated code's own names; a parameter named so is refused
+_PREFIX = "_opero_"  # every name the generated code reads; a parameter named so is refused
 _PLAIN = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 # Each template is the body of `_opero_make`, whose parameters are the names it reads.
 _HIT = """\
             _opero_log.append(_opero_entry)
-            if len(_opero_log) > _opero_limit:
+            if _opero_len(_opero_log) > _opero_limit:
                 _opero_compact()"""
 
 _TTL_HIT = """\
             _opero_now = _opero_timer()
             if not _opero_now < _opero_entry.expires:
-                return _opero_slow(_opero_func, _opero_key, {}, _opero_key, KeyError(_opero_key))
+                _opero_expired = _opero_KeyError(_opero_key)  # a miss: the write purges it
+                return _opero_slow(_opero_func, _opero_key, {}, _opero_key, _opero_expired)
             _opero_log.append(_opero_entry)
             if _opero_now > _opero_due[0]:
                 _opero_compact()"""
@@ -53,7 +54,7 @@ def _opero_make({names}):
         _opero_key = ({key})
         try:
             _opero_entry = _opero_hot[_opero_key]
-        except Exception as _opero_exc:
+        except _opero_Exception as _opero_exc:
             _opero_problem = _opero_exc
         else:
 {hit}
@@ -71,7 +72,7 @@ def _opero_make({names}):
         _opero_key = ({key})
         try:
             _opero_value = _opero_get(_opero_key)
-        except Exception as _opero_exc:
+        except _opero_Exception as _opero_exc:
             _opero_problem = _opero_exc
         else:
             if _opero_observer.on:
@@ -123,6 +124,8 @@ def _compiled(
 ) -> Callable[..., Any]:
     assert step.parameters is not None
     values.update(func=func, observer=step.observer, CACHE_HIT=CACHE_HIT, CallInfo=CallInfo)
+    # Builtins too, under opero's names: a parameter may be called `len`.
+    values.update(len=len, KeyError=KeyError, Exception=Exception)
     parts, key = [], []
     for number, param in enumerate(step.parameters):
         key.append(param.name)

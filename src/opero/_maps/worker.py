@@ -15,9 +15,9 @@ shared array, so the parent can tell which chunk a dead worker was running.
 
 from __future__ import annotations
 
+import _signal
 import os
 import pickle
-import _signal
 import sys
 import time
 import traceback
