@@ -224,6 +224,100 @@ def process_faults(rounds: int, workers: int, count: int) -> None:
             f"  {name:10} parent {statistics.median(mine):7.0f}"
             f"   workers {statistics.median(theirs):7.0f}"
         )
+    copy, reuse = fault_costs()
+    print(f"  a fault costs {copy:.1f} us while the other process lives, {reuse:.1f} us after")
+    after, alone = bookkeeping_faults(rounds)
+    print(
+        f"  opmap's own bookkeeping (a map of 2 items, its pool answering at once) writes"
+        f" {after:.0f} pages after a fork, {alone:.0f} without one"
+    )
+
+
+def fault_costs(pages: int = 2000) -> tuple[float, float]:
+    """Microseconds per first write to a page after a fork: with the child alive (the
+    page is copied), and after it exited (the page is only made writable again)."""
+    import os
+
+    buffer = bytearray(4096 * pages)
+    step = range(0, len(buffer), 4096)
+
+    def touch(value: int) -> float:
+        started = time.perf_counter()
+        for offset in step:
+            buffer[offset] = value
+        return (time.perf_counter() - started) / pages * 1e6
+
+    touch(1)
+    child = os.fork()
+    if child == 0:
+        time.sleep(2)
+        os._exit(0)
+    alive = touch(2)
+    os.kill(child, 9)
+    os.waitpid(child, 0)
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    os.waitpid(child, 0)
+    return alive, touch(3)
+
+
+def bookkeeping_faults(rounds: int) -> tuple[float, float]:
+    """Pages opmap's parent-side machinery writes, its pool replaced by one that answers
+    each chunk at once: right after a fork (a child alive), and with no fork before."""
+    import contextlib
+    import os
+    import queue
+    import resource
+
+    from opero._maps.worker import Outcome, decode_outcome, encode_outcome
+
+    class Answering:
+        target = 0.02
+
+        def __init__(self) -> None:
+            self.results: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
+
+        def submit(self, number: int, items: list[Any]) -> None:
+            outcome = Outcome([trivial(x) for x in items], {}, 0.0)
+            self.results.put((number, encode_outcome(outcome)))
+
+        def decode(self, answer: Any) -> Any:
+            return decode_outcome(answer)
+
+        def supervise(self, inflight: Any) -> list[Any]:
+            return []
+
+        def close(self, *, clean: bool) -> None:
+            pass
+
+    @contextlib.contextmanager
+    def answering(*_: Any) -> Any:
+        yield Answering()
+
+    mapped = opmap(mode="process", workers=2, start_method="fork", cache=False, progress=False)(
+        trivial
+    )
+    real, pool_module.engine_for = pool_module.engine_for, answering  # type: ignore[assignment]
+    after, alone = [], []
+    try:
+        mapped(range(2))
+        for _ in range(rounds):
+            child = os.fork()
+            if child == 0:
+                time.sleep(1)
+                os._exit(0)
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            mapped(range(2))
+            after.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+            os.kill(child, 9)
+            os.waitpid(child, 0)
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            mapped(range(2))
+            alone.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    finally:
+        pool_module.engine_for = real
+    return statistics.median(after), statistics.median(alone)
 
 
 def process_cpu(rounds: int, workers: int) -> None:
