@@ -173,21 +173,17 @@ class _Alarm:
         """Run the attempt in place under the timer, or answer a `_HandOff` (another
         thread, SIGALRM not free). The outermost attempt's path, kept in one frame: a
         healthy call pays for it every time."""
-        if sys.platform == "win32" or self.disabled:
-            return _NO_SIGNAL
-        if get_ident() != self.main:
-            return _NOT_MAIN
+        if sys.platform == "win32" or self.disabled or get_ident() != self.main:
+            return self.refusal()
         stack = self.stack
         if stack:
             return self.nested(step, limit, func, args, kwargs)
         handler = _getsignal(_SIGALRM)
         unsure = handler is not _on_alarm and (handler != _SIG_DFL or self.disabled is None)
         if unsure and not self.free():  # the host's handler (or we may not take it)
-            return _NO_SIGNAL if self.disabled else _HOSTS_HANDLER
-        if self.straggler:
-            return _UNDELIVERED
-        if _getitimer(_REAL)[0] != 0.0:  # a timer pending: the host's
-            return _HOSTS_TIMER
+            return self.refusal()
+        if self.straggler or _getitimer(_REAL)[0] != 0.0:  # a timer pending: the host's
+            return self.refusal()
         level = [_monotonic() + limit]
         try:
             if handler is not _on_alarm:
@@ -222,6 +218,19 @@ class _Alarm:
         if (not pending or self.overdue) and _monotonic() >= level[0]:
             raise step.error(limit)
         return result
+
+    def refusal(self) -> _HandOff:
+        """Why `run` hands the attempt off (off the healthy path: it asks again)."""
+        if sys.platform == "win32" or self.disabled:
+            return _NO_SIGNAL
+        if get_ident() != self.main:
+            return _NOT_MAIN
+        if self.straggler:
+            return _UNDELIVERED
+        handler = _getsignal(_SIGALRM)
+        if handler is not _on_alarm and handler != _SIG_DFL:
+            return _HOSTS_HANDLER
+        return _HOSTS_TIMER
 
     def nested(
         self,
