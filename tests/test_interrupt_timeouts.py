@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -266,7 +265,9 @@ def test_retries_after_a_timeout_run_in_place_and_count_attempts() -> None:
 
         seen = []
 
-        @opero(timeout_mode="interrupt", cache=False, retries=2, min_delay=0, max_delay=0, timeout=0.1)
+        @opero(
+            cache=False, retries=2, min_delay=0, max_delay=0, timeout=0.1, timeout_mode="interrupt"
+        )
         def flaky():
             seen.append(current_attempt())
             if len(seen) < 3:
@@ -307,7 +308,9 @@ def test_nested_timeouts_belong_to_their_own_attempts() -> None:
 
         inner_attempts = []
 
-        @opero(timeout_mode="interrupt", cache=False, retries=3, min_delay=0, max_delay=0, timeout=2)
+        @opero(
+            cache=False, retries=3, min_delay=0, max_delay=0, timeout=2, timeout_mode="interrupt"
+        )
         def long_inner():
             inner_attempts.append(1)
             time.sleep(5)
@@ -324,7 +327,9 @@ def test_nested_timeouts_belong_to_their_own_attempts() -> None:
         except AttemptTimeoutError as exc:
             print(exc, len(inner_attempts), 0.19 < time.perf_counter() - began < 0.6)
 
-        @opero(timeout_mode="interrupt", cache=False, retries=1, min_delay=0, max_delay=0, timeout=0.1)
+        @opero(
+            cache=False, retries=1, min_delay=0, max_delay=0, timeout=0.1, timeout_mode="interrupt"
+        )
         def short_inner():
             time.sleep(5)
 
@@ -339,7 +344,9 @@ def test_nested_timeouts_belong_to_their_own_attempts() -> None:
         began = time.perf_counter()
         print(long_outer(), 0.19 < time.perf_counter() - began < 1.0)
 
-        @opero(timeout_mode="interrupt", cache=False, retries=1, min_delay=0, max_delay=0, timeout=0.2)
+        @opero(
+            cache=False, retries=1, min_delay=0, max_delay=0, timeout=0.2, timeout_mode="interrupt"
+        )
         def retried_outer():
             from opero import current_attempt
             if current_attempt() == 1:
@@ -363,7 +370,10 @@ def test_a_deadline_cuts_the_attempt_in_place() -> None:
         import threading, time
         from opero import DeadlineExceededError, opero
 
-        @opero(timeout_mode="interrupt", cache=False, retries=5, min_delay=0, max_delay=0, timeout=1, total_timeout=0.3)
+        @opero(
+            cache=False, retries=5, min_delay=0, max_delay=0, timeout=1, total_timeout=0.3,
+            timeout_mode="interrupt",
+        )
         def slow():
             time.sleep(0.2)
             raise ValueError("again")
@@ -745,7 +755,7 @@ def test_timeout_mode_is_checked_at_decoration() -> None:
         opero(timeout=1, timeout_mode="kill")(f)  # type: ignore[typeddict-item]
     with pytest.raises(TypeError, match="timeout_mode must be"):
         opero(timeout=1, timeout_mode=1)(f)  # type: ignore[typeddict-item]
-    with pytest.raises(ValueError, match="timeout_mode .* needs timeout or total_timeout"):
+    with pytest.raises(ValueError, match=r"timeout_mode .* needs timeout or total_timeout"):
         opero(timeout_mode="interrupt")(f)
     opero(total_timeout=1, timeout_mode="interrupt")(f)
     opero(timeout=1, timeout_mode="abandon")(f)
@@ -762,3 +772,43 @@ def test_timeout_mode_has_no_effect_on_async_functions() -> None:
 
     with pytest.raises(AttemptTimeoutError):
         asyncio.run(slow())
+
+
+def test_the_handler_waits_in_stdlib_code_holding_locks(monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+    import queue
+    import threading
+
+    monkeypatch.setattr(alarm, "_RUN_CODES", frozenset({attempt_frame.__code__}))
+    for module in (threading, queue, logging, weakref_module()):
+        path = os.path.abspath(str(module.__file__))
+        assert alarm._must_wait(frame_in(path, attempt_frame)), path
+    frozen = frame_in("<frozen importlib._bootstrap>", attempt_frame)
+    assert alarm._must_wait(frozen)
+    # Only its own frame in contextlib: a @contextmanager's body is the user's code.
+    contextlib_file = os.path.join(frames._STDLIB, "contextlib.py")
+    assert alarm._must_wait(frame_in(contextlib_file, attempt_frame))
+    user = frame_in(
+        os.path.join(os.sep, "app", "gen.py"), lambda f: called_from(contextlib_file, f)
+    )
+    assert not alarm._must_wait(user)
+    # User code called by logging (a custom handler) waits too: logging holds the lock.
+    in_logging = frame_in(
+        os.path.join(os.sep, "app", "emit.py"),
+        lambda f: called_from(os.path.abspath(str(logging.__file__)), f),
+    )
+    assert alarm._must_wait(in_logging)
+
+
+def weakref_module() -> Any:
+    import weakref
+
+    return weakref
+
+
+def called_from(filename: str, callee: Any) -> Any:
+    """`callee()` called from a frame whose code claims to live in `filename`, itself
+    called from the attempt's frame."""
+    namespace: dict[str, Any] = {}
+    exec(compile("def caller(f):\n    return f()\n", filename, "exec"), namespace)
+    return attempt_frame(lambda: namespace["caller"](callee))
