@@ -812,3 +812,37 @@ def called_from(filename: str, callee: Any) -> Any:
     namespace: dict[str, Any] = {}
     exec(compile("def caller(f):\n    return f()\n", filename, "exec"), namespace)
     return attempt_frame(lambda: namespace["caller"](callee))
+
+
+CLEANUP = """
+import sys, time
+from opero import AttemptTimeoutError, opero
+from opero._timeouts import alarm
+
+if "--naive" in sys.argv:  # look at the exception being handled only, not its context
+    alarm._on_its_way_out = lambda owner: isinstance(sys.exception(), alarm._AlarmFired)
+
+cleaned = []
+
+@opero(cache=False, retries=0, timeout=0.05, timeout_mode="interrupt")
+def cleanup():
+    try:
+        time.sleep(5)
+    finally:  # runs because of the timeout: not cut again, its own try/except included
+        for step in range(20):
+            try:
+                {}["missing"]
+            except KeyError:
+                time.sleep(0.002)
+            cleaned.append(step)
+
+try:
+    cleanup()
+except AttemptTimeoutError as exc:
+    print(exc, len(cleaned))
+"""
+
+
+def test_review5_cleanup_handling_the_timeout_is_not_cut_short() -> None:
+    assert run(CLEANUP) == "cleanup(): attempt timed out after 0.05s 20"
+    assert run(CLEANUP, "--naive") != "cleanup(): attempt timed out after 0.05s 20"

@@ -22,7 +22,8 @@ What the handler does when the timer fires, never raising where it would do harm
 - after raising it fires again every 1 ms until the attempt has ended: an exception
   raised in a finaliser (a weakref callback) is dropped by Python, and user code may
   swallow it (`except BaseException`); while it is on its way out (handled in an
-  `except` or `finally` clause) it is not raised again;
+  `except` or `finally` clause, or the context of an exception that cleanup handles
+  itself) it is not raised again;
 - nested timed attempts (an opero function with `timeout=` called inside another's
   attempt) share the one timer: a stack of deadlines, the timer set for the earliest.
   The exception names the attempt whose deadline passed (the outermost one that did),
@@ -113,6 +114,20 @@ def _on_alarm(signum: int, frame: FrameType | None) -> None:
 def _must_wait(frame: FrameType | None) -> bool:
     # A module-level name: tests replace it to show what raising anywhere would do.
     return must_wait(frame, _RUN_CODES)
+
+
+def _on_its_way_out(owner: list[float]) -> bool:
+    """Whether the timeout of `owner` is being handled (an `except` or `finally` it is
+    passing through), directly or under an exception the cleanup there handles itself
+    (its `__context__`): that cleanup is not cut again."""
+    flying = sys.exception()
+    for _ in range(64):  # a context chain is short; bounded all the same
+        if flying is None:
+            return False
+        if isinstance(flying, _AlarmFired) and flying.owner is owner:
+            return True
+        flying = flying.__context__
+    return False
 
 
 class _Alarm:
@@ -314,8 +329,7 @@ class _Alarm:
             self.pass_on()
             return
         self.overdue = True  # if the attempt returns all the same, it raises then
-        flying = sys.exception()
-        if (isinstance(flying, _AlarmFired) and flying.owner is owner) or _must_wait(frame):
+        if _on_its_way_out(owner) or _must_wait(frame):
             wait = _WAIT_FIRST if self.waits < _SHORT_WAITS else _REFIRE
             self.waits += 1
             self.arm(wait, now + wait)
