@@ -55,16 +55,25 @@ from typing import TYPE_CHECKING, Any
 from opero._timeouts.frames import must_wait
 from opero._utils import process_role
 
-if sys.platform != "win32":
-    # The C module under `signal`: its getsignal returns the raw handler in 0.02 us,
-    # where `signal.getsignal` converts it to an enum member first (2.8 us here).
-    import _signal
-    import signal
+# The C module under `signal`: its getsignal returns the raw handler in 0.02 us, where
+# `signal.getsignal` converts it to an enum member first (2.8 us here).
+import _signal
+import signal
 
-    # Bound once: the outermost attempt's path runs on every healthy call.
-    _getsignal, _setsignal = _signal.getsignal, _signal.signal
+# Bound once: the outermost attempt's path runs on every healthy call.
+_getsignal, _setsignal = _signal.getsignal, _signal.signal
+if sys.platform != "win32":
     _getitimer, _setitimer = signal.getitimer, signal.setitimer
     _SIGALRM, _REAL = signal.SIGALRM, signal.ITIMER_REAL
+else:  # no SIGALRM: never called there (every path checks the platform first)
+    _SIGALRM = _REAL = 0
+
+    def _getitimer(which: int) -> tuple[float, float]:
+        raise NotImplementedError("no SIGALRM on Windows")
+
+    def _setitimer(which: int, seconds: float, interval: float = 0.0) -> tuple[float, float]:
+        raise NotImplementedError("no SIGALRM on Windows")
+
 
 if TYPE_CHECKING:
     from opero._timeouts.attempt import AttemptTimeout
@@ -153,7 +162,7 @@ class _Alarm:
         """An @opmap worker, from its main thread: SIGALRM is opero's for good."""
         if sys.platform == "win32":  # no SIGALRM: timeouts keep the thread hand-off
             return
-        _signal.signal(signal.SIGALRM, _on_alarm)
+        _setsignal(_SIGALRM, _on_alarm)
         self.previous = _on_alarm
         self.disabled = False
 
@@ -162,7 +171,7 @@ class _Alarm:
         is checked apart: it is the host's (ours never is between attempts)."""
         if sys.platform == "win32":
             return False
-        handler = _signal.getsignal(signal.SIGALRM)
+        handler = _getsignal(_SIGALRM)
         if handler is not _on_alarm and process_role.POOL_WORKER:
             self.enable()  # an @opmap worker's: whatever it inherited from the parent
             return True
@@ -170,7 +179,7 @@ class _Alarm:
             return False  # the host's: leave it alone
         if self.disabled is None:
             try:  # the default disposition set again: only to learn whether we may
-                _signal.signal(signal.SIGALRM, handler)
+                _setsignal(_SIGALRM, handler)
             except ValueError:
                 self.disabled = True
                 return False
@@ -281,7 +290,7 @@ class _Alarm:
     def arm(self, delay: float, at: float) -> None:
         if self.unseen and time.monotonic() >= self.timer_at:
             self.stale = True  # the timer being replaced may have fired already
-        signal.setitimer(signal.ITIMER_REAL, max(delay, 1e-06), _MARK)
+        _setitimer(_REAL, max(delay, 1e-06), _MARK)
         self.timer_at = at
         self.unseen = True
 
@@ -290,7 +299,7 @@ class _Alarm:
         pending: the attempt's own (put back), or ours after it fired."""
         if not _MARK - 1e-03 < old[1] < _MARK + 1e-03:
             if old != (0.0, 0.0):  # the attempt set a timer of its own: keep it
-                signal.setitimer(signal.ITIMER_REAL, *old)
+                _setitimer(_REAL, *old)
         elif self.unseen and _getsignal(_SIGALRM) is not _on_alarm:
             # The attempt put in a handler of its own, which took our signal: it stays.
             self.unseen = False
@@ -300,15 +309,15 @@ class _Alarm:
             # handled yet. Setting the handler runs the signals already received; one
             # still on its way (to another thread) must find ours, not the default
             # action (which ends the process): keep ours until it comes.
-            _signal.signal(signal.SIGALRM, _on_alarm)
+            _setsignal(_SIGALRM, _on_alarm)
             if self.unseen:
                 self.straggler = True
                 return
         self.give_back()
 
     def give_back(self) -> None:
-        if self.previous is not _on_alarm and _signal.getsignal(signal.SIGALRM) is _on_alarm:
-            _signal.signal(signal.SIGALRM, self.previous)
+        if self.previous is not _on_alarm and _getsignal(_SIGALRM) is _on_alarm:
+            _setsignal(_SIGALRM, self.previous)
 
     def fire(self, frame: FrameType | None) -> None:
         self.unseen = False
@@ -343,8 +352,8 @@ class _Alarm:
         set): what the default disposition we replaced does, end the process."""
         if sys.platform == "win32":
             return
-        _signal.signal(signal.SIGALRM, _SIG_DFL)
-        signal.raise_signal(signal.SIGALRM)
+        _setsignal(_SIGALRM, _SIG_DFL)
+        signal.raise_signal(_SIGALRM)
 
 
 _RUN_CODES = frozenset({_Alarm.run.__code__, _Alarm.nested.__code__})
