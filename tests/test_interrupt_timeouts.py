@@ -846,3 +846,56 @@ except AttemptTimeoutError as exc:
 def test_review5_cleanup_handling_the_timeout_is_not_cut_short() -> None:
     assert run(CLEANUP) == "cleanup(): attempt timed out after 0.05s 20"
     assert run(CLEANUP, "--naive") != "cleanup(): attempt timed out after 0.05s 20"
+
+
+BOUNDARY = """
+import random, signal, sys, time
+from opero import AttemptTimeoutError, opero
+from opero._timeouts import alarm
+
+clock = time.perf_counter
+
+def spin(seconds):
+    end = clock() + seconds
+    while clock() < end:
+        pass
+
+@opero(
+    cache=False, retries=1, min_delay=0, max_delay=0, timeout=2e-4, timeout_mode="interrupt"
+)
+def inner(d):
+    spin(d)
+    return 1
+
+@opero(
+    cache=False, retries=2, min_delay=0, max_delay=0, timeout=3e-4, timeout_mode="interrupt"
+)
+def outer(d):
+    inner(d / 2)
+    spin(d / 2)
+    return 2
+
+random.seed(int(sys.argv[1]))
+stray = 0
+for k in range(4000):  # work about as long as the timeouts: the timer fires at the end
+    try:
+        try:
+            (outer if k % 2 else inner)(random.uniform(5e-5, 6e-4))
+        except AttemptTimeoutError:
+            pass
+        spin(1e-4)  # the caller's own code after the call: no timeout may land here
+    except BaseException:
+        stray += 1
+time.sleep(0.05)
+given_back = signal.getsignal(signal.SIGALRM) == signal.SIG_DFL
+print(stray, given_back, signal.getitimer(signal.ITIMER_REAL))
+print(alarm._alarm.straggler, alarm._alarm.stack)
+"""
+
+
+def test_timeouts_at_the_boundary_leave_nothing_behind() -> None:
+    # A timer that fires as the attempt ends must not raise in the caller's code, nor
+    # leave opero's handler in place (a fired timer's signal the kernel dropped when
+    # the timer was cancelled was once waited for forever, handing every later attempt
+    # off).
+    assert run(BOUNDARY, "1").splitlines() == ["0 True (0.0, 0.0)", "False []"]

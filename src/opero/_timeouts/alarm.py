@@ -42,7 +42,9 @@ nothing for that: the `setitimer` that cancels the timer tells whether it fired.
 
 from __future__ import annotations
 
+import _signal
 import os
+import signal
 import sys
 import threading
 import time
@@ -55,16 +57,14 @@ from typing import TYPE_CHECKING, Any
 from opero._timeouts.frames import must_wait
 from opero._utils import process_role
 
-# The C module under `signal`: its getsignal returns the raw handler in 0.02 us, where
+# Bound once: the outermost attempt's path runs on every healthy call. `_signal` is the
+# C module under `signal`: its getsignal returns the raw handler in 0.02 us, where
 # `signal.getsignal` converts it to an enum member first (2.8 us here).
-import _signal
-import signal
-
-# Bound once: the outermost attempt's path runs on every healthy call.
 _getsignal, _setsignal = _signal.getsignal, _signal.signal
 if sys.platform != "win32":
     _getitimer, _setitimer = signal.getitimer, signal.setitimer
     _SIGALRM, _REAL = signal.SIGALRM, signal.ITIMER_REAL
+    _sigpending = signal.sigpending
 else:  # no SIGALRM: never called there (every path checks the platform first)
     _SIGALRM = _REAL = 0
 
@@ -72,6 +72,9 @@ else:  # no SIGALRM: never called there (every path checks the platform first)
         raise NotImplementedError("no SIGALRM on Windows")
 
     def _setitimer(which: int, seconds: float, interval: float = 0.0) -> tuple[float, float]:
+        raise NotImplementedError("no SIGALRM on Windows")
+
+    def _sigpending() -> set[int]:
         raise NotImplementedError("no SIGALRM on Windows")
 
 
@@ -305,14 +308,18 @@ class _Alarm:
             self.unseen = False
             return
         elif self.unseen:
-            # Ours fired (the kernel reloaded it with `_MARK`) and its signal is not
-            # handled yet. Setting the handler runs the signals already received; one
-            # still on its way (to another thread) must find ours, not the default
-            # action (which ends the process): keep ours until it comes.
+            # Ours fired and its signal is not handled yet. Setting the handler runs the
+            # signals already received. One still to come (blocked now, or taken on
+            # another thread) must find ours, not the default action (which ends the
+            # process): keep ours until it comes, and hand attempts off meanwhile.
             _setsignal(_SIGALRM, _on_alarm)
-            if self.unseen:
+            # A timer that fired reads 0 left until its signal is taken, and the kernel
+            # may drop that signal when the timer is cancelled: then only a blocked one
+            # (pending) is still to come.
+            if self.unseen and (old[0] != 0.0 or _SIGALRM in _sigpending()):
                 self.straggler = True
                 return
+            self.unseen = False
         self.give_back()
 
     def give_back(self) -> None:
