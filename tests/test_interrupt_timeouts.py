@@ -899,3 +899,12 @@ def test_timeouts_at_the_boundary_leave_nothing_behind() -> None:
     # the timer was cancelled was once waited for forever, handing every later attempt
     # off).
     assert run(BOUNDARY, "1").splitlines() == ["0 True (0.0, 0.0)", "False []"]
+
+
+def test_the_raw_timeout_pickles_as_the_context_of_the_timeout() -> None:
+    # From an @opmap worker the AttemptTimeoutError travels back with its __context__,
+    # the handler's exception: it must rebuild, or the item arrives as a RemoteError.
+    import pickle
+
+    raw = pickle.loads(pickle.dumps(alarm._AlarmFired([1.0])))
+    assert isinstance(raw, alarm._AlarmFired)

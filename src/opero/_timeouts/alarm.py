@@ -112,7 +112,9 @@ class _AlarmFired(BaseException):
     """Raised by the SIGALRM handler inside the running attempt. A BaseException, so an
     ``except Exception`` in user code, and opero's retries, do not take it."""
 
-    def __init__(self, owner: list[float]) -> None:
+    def __init__(self, owner: list[float] | None = None) -> None:
+        # `owner` optional: the timeout raised in its place keeps it as `__context__`,
+        # and from an @opmap worker that travels back pickled (rebuilt without args).
         super().__init__()
         self.owner = owner  # the level (see `_Alarm.stack`) whose deadline passed
 
