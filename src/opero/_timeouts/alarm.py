@@ -62,14 +62,11 @@ from opero._utils import process_role
 # `signal.getsignal` converts it to an enum member first (2.8 us here).
 _getsignal, _setsignal = _signal.getsignal, _signal.signal
 if sys.platform != "win32":
-    _getitimer, _setitimer = signal.getitimer, signal.setitimer
+    _setitimer = signal.setitimer
     _SIGALRM, _REAL = signal.SIGALRM, signal.ITIMER_REAL
     _sigpending = signal.sigpending
 else:  # no SIGALRM: never called there (every path checks the platform first)
     _SIGALRM = _REAL = 0
-
-    def _getitimer(which: int) -> tuple[float, float]:
-        raise NotImplementedError("no SIGALRM on Windows")
 
     def _setitimer(which: int, seconds: float, interval: float = 0.0) -> tuple[float, float]:
         raise NotImplementedError("no SIGALRM on Windows")
@@ -88,6 +85,7 @@ _REFIRE = 1e-03  # seconds: the re-fire after raising, and the longest wait
 # them from a host's. Never reached: the handler or the attempt's end re-arms first.
 _MARK = 100_000_000.000_123
 _SIG_DFL = 0  # `_signal.SIG_DFL`, as `_signal.getsignal` returns it
+_NO_TIMER = (0.0, 0.0)  # what `setitimer` answers when no timer was pending
 
 
 class _HandOff:
@@ -209,11 +207,11 @@ class _Alarm:
             return self.nested(step, limit, func, args, kwargs)
         handler = _getsignal(_SIGALRM)
         unsure = handler is not _on_alarm and (handler != _SIG_DFL or self.disabled is None)
-        if unsure and not self.free():  # the host's handler (or we may not take it)
-            return self.refusal()
-        if self.straggler or _getitimer(_REAL)[0] != 0.0:  # a timer pending: the host's
+        # The host's handler (or we may not take it), or a signal of ours still to come.
+        if (unsure and not self.free()) or self.straggler:
             return self.refusal()
         level = [_monotonic() + limit]
+        before = _NO_TIMER
         try:
             if handler is not _on_alarm:
                 self.previous = _on_alarm if process_role.POOL_WORKER else _SIG_DFL
@@ -221,7 +219,11 @@ class _Alarm:
             self.stale = self.overdue = False
             self.waits = 0
             stack.append(level)
-            _setitimer(_REAL, limit, _MARK)
+            # What it replaced tells whether a timer was pending (one syscall less than
+            # asking first): the host's, since ours never is between attempts.
+            before = _setitimer(_REAL, limit, _MARK)
+            if before[0] != 0.0:  # it goes back (below), and the attempt is handed off
+                return _HOSTS_TIMER
             self.timer_at = level[0]
             self.unseen = True
             result = func(*args, **kwargs)
@@ -231,7 +233,7 @@ class _Alarm:
             raise  # not one of ours (it cannot be): as it came
         finally:
             stack.clear()
-            old = _setitimer(_REAL, 0)
+            old = _setitimer(_REAL, 0) if before[0] == 0.0 else _setitimer(_REAL, *before)
             # Linux reloads a fired timer when its signal is taken: until then (blocked)
             # it reads 0 left, after that (handled, or sigwait'ed) about `_MARK`.
             pending = _MARK - 1e-03 < old[1] < _MARK + 1e-03 and 0.0 < old[0] <= limit + 1.0
