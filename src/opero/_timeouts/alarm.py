@@ -356,6 +356,10 @@ class _Alarm:
             return
         self.waits = 0
         self.arm(_REFIRE, now + _REFIRE)  # again until the attempt ends (see the docstring)
+        if process_role.POOL_WORKER:
+            # Code was cut wherever it was: the worker leaves after this chunk. Only in
+            # one (a fork-started pool's workers would inherit a parent's flag).
+            process_role.INTERRUPTED = True
         raise _AlarmFired(owner)
 
     def pass_on(self) -> None:
