@@ -40,15 +40,19 @@ from types import CodeType, FrameType
 
 _OPERO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _STDLIB = os.path.dirname(os.path.abspath(threading.__file__)) + os.sep
-_MODULES = ("threading.py", "queue.py", "_threading_local.py", "weakref.py", "_weakrefset.py")
+_MODULES = ("threading", "queue", "_threading_local", "weakref", "_weakrefset")
 _PACKAGES = ("logging", "concurrent", "importlib")
 # Filenames starting with one of these are code the exception must not land in.
 _HOLDERS = (
     _OPERO_DIR,
-    *(_STDLIB + name for name in _MODULES),
+    *(_STDLIB + name + ".py" for name in _MODULES),
     *(_STDLIB + name + os.sep for name in _PACKAGES),
     "<frozen importlib.",  # importlib._bootstrap and _bootstrap_external, as frozen
 )
+# The same by module name: a stdlib compiled elsewhere (a distribution's build root)
+# keeps that path in its code objects, not the one it is imported from.
+_HOLDER_MODULES = frozenset(_MODULES) | frozenset(_PACKAGES)
+_HOLDER_PACKAGES = tuple(name + "." for name in _PACKAGES)
 _CONTEXTLIB = _STDLIB + "contextlib.py"
 
 # The blocking waits that survive an exception (see the docstring): code -> lines.
@@ -61,15 +65,22 @@ def must_wait(frame: FrameType | None, boundaries: frozenset[CodeType]) -> bool:
     the innermost timed attempt's (its code in `boundaries`, excluded) may take it."""
     if frame is None or frame.f_code in boundaries:
         return True
-    if frame.f_code.co_filename == _CONTEXTLIB:
+    if frame.f_code.co_filename == _CONTEXTLIB or frame.f_globals.get("__name__") == "contextlib":
         return True
-    holders = (_OPERO_DIR,) if _at_safe_wait(frame) else _HOLDERS
+    stdlib = not _at_safe_wait(frame)
+    holders = _HOLDERS if stdlib else (_OPERO_DIR,)
     while frame is not None and frame.f_code not in boundaries:
         code = frame.f_code
         if code.co_filename.startswith(holders) or code.co_name == "__del__":
             return True
+        if stdlib and _holder_module(frame.f_globals.get("__name__")):
+            return True
         frame = frame.f_back
     return frame is None  # no timed attempt around it: not ours to cut
+
+
+def _holder_module(name: object) -> bool:
+    return isinstance(name, str) and (name in _HOLDER_MODULES or name.startswith(_HOLDER_PACKAGES))
 
 
 def _at_safe_wait(frame: FrameType) -> bool:
