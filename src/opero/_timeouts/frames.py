@@ -16,6 +16,12 @@ attempt's is code the exception can pass through:
   thread: threading, queue, _threading_local, logging (with logging.handlers),
   concurrent.futures, weakref and _weakrefset, importlib (its module locks, frozen or
   not). User code they call (a custom logging handler, a finalize callback) waits too;
+- asyncio, whole: an exception landing in its own code (a task's `call_soon`) loses a
+  task's wake-up, and `asyncio.run`'s cleanup then waits for that task forever. An
+  `asyncio.run` (or `loop.run_until_complete`) inside a timed sync attempt is waited
+  out, and the timeout is raised when it returns. Except in a task's own coroutine
+  (code that is not asyncio's, run by a task's step): the exception raised there ends
+  the task as any error would, and `asyncio.run` raises it after its cleanup;
 - contextlib only as the frame interrupted: an exception inside a `@contextmanager`'s
   `__enter__` after the generator reached its `yield` would skip its `__exit__`. The
   generator's own code (the user's, called from there) is cut as usual: the exception
@@ -34,6 +40,7 @@ resource taken a line before the `try` that frees it). Ctrl-C has the same gap; 
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 from types import CodeType, FrameType
@@ -41,7 +48,7 @@ from types import CodeType, FrameType
 _OPERO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _STDLIB = os.path.dirname(os.path.abspath(threading.__file__)) + os.sep
 _MODULES = ("threading", "queue", "_threading_local", "weakref", "_weakrefset")
-_PACKAGES = ("logging", "concurrent", "importlib")
+_PACKAGES = ("logging", "concurrent", "importlib", "asyncio")
 # Filenames starting with one of these are code the exception must not land in.
 _HOLDERS = (
     _OPERO_DIR,
@@ -54,6 +61,10 @@ _HOLDERS = (
 _HOLDER_MODULES = frozenset(_MODULES) | frozenset(_PACKAGES)
 _HOLDER_PACKAGES = tuple(name + "." for name in _PACKAGES)
 _CONTEXTLIB = _STDLIB + "contextlib.py"
+_CO_COROUTINE = inspect.CO_COROUTINE
+# What runs a task's step, the frame above its coroutine's: `Handle._run` (the C task),
+# the pure-Python task's own step methods.
+_STEPS = frozenset({"_run", "__step", "__step_run_and_handle_result"})
 
 # The blocking waits that survive an exception (see the docstring): code -> lines.
 # Found from the source when first needed: None until then.
@@ -69,13 +80,16 @@ def must_wait(frame: FrameType | None, boundaries: frozenset[CodeType]) -> bool:
         return True
     stdlib = not _at_safe_wait(frame)
     holders = _HOLDERS if stdlib else (_OPERO_DIR,)
+    inner: CodeType | None = None
     while frame is not None and frame.f_code not in boundaries:
         code = frame.f_code
+        if inner is not None and inner.co_flags & _CO_COROUTINE and code.co_name in _STEPS:
+            return False  # a task's own coroutine: its step takes the exception (above)
         if code.co_filename.startswith(holders) or code.co_name == "__del__":
             return True
         if stdlib and _holder_module(frame.f_globals.get("__name__")):
             return True
-        frame = frame.f_back
+        inner, frame = code, frame.f_back
     return frame is None  # no timed attempt around it: not ours to cut
 
 
