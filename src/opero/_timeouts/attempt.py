@@ -123,6 +123,7 @@ class AttemptTimeout:
 
         seconds, total, limit_now = self.seconds, self.total, self.limit
         run_in_place, interrupt, role = _alarm.run, self.interrupt, process_role
+        stack = _alarm.stack  # non-empty: an interrupt-mode attempt is running (main thread)
 
         def attempt(*args: Any, **kwargs: Any) -> Any:
             limit = seconds if total is None else limit_now()
@@ -130,7 +131,10 @@ class AttemptTimeout:
                 return func(*args, **kwargs)
             if limit <= 0:
                 raise self.error(limit)
-            if interrupt or role.POOL_WORKER:  # in place where it can (`alarm`)
+            # In place where it can (`alarm`). Inside an interrupt-mode attempt, whatever
+            # its own mode: on the shared timer the earliest deadline cuts (a hand-off
+            # would make the outer attempt wait for this one's whole timeout).
+            if interrupt or role.POOL_WORKER or stack:
                 result = run_in_place(self, limit, func, args, kwargs)
                 if result.__class__ is not _HandOff:
                     return result
@@ -150,7 +154,7 @@ class AttemptTimeout:
         total = self.total
         assert total is not None
         var, monotonic, alarm, role = total.var, time.monotonic, _alarm, process_role
-        interrupt = self.interrupt
+        interrupt, stack = self.interrupt, alarm.stack
 
         def attempt(*args: Any, **kwargs: Any) -> Any:
             holder = var.get()  # set by `TotalTimeout.wrap_sync` (this is a sync pipeline)
@@ -159,7 +163,7 @@ class AttemptTimeout:
                 left = deadline - monotonic()
                 if left <= 0:
                     raise total.error(None)
-                if interrupt or role.POOL_WORKER:
+                if interrupt or role.POOL_WORKER or stack:
                     result = alarm.run(self, left, func, args, kwargs)
                     if result.__class__ is not _HandOff:
                         return result
