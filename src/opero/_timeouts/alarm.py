@@ -32,12 +32,15 @@ What the handler does when the timer fires, never raising where it would do harm
 - a SIGALRM that cannot be ours (no deadline of ours passed, no timer of ours fired)
   gets what the disposition we replaced would have done: the default action.
 
-An attempt that returns after its deadline passed without the timeout having landed
-(it waited in code it must not raise into and returned straight after, such as a nested
-opero call without a timeout; or the signal never came: SIGALRM blocked, taken by a
-`sigwait()` thread, or by a handler the attempt set) raises the timeout then: its result
-is dropped, as the hand-off would have raised at the deadline. The healthy path pays
-nothing for that: the `setitimer` that cancels the timer tells whether it fired.
+An attempt that returns or raises (an `Exception`) after its deadline passed without the
+timeout having landed (it waited in code it must not raise into and returned straight
+after, such as a nested opero call without a timeout; or the signal never came: SIGALRM
+blocked, taken by a `sigwait()` thread, or by a handler the attempt set) raises the
+timeout then: its result is dropped (an exception it raised is kept as the timeout's
+`__cause__`), as the hand-off would have raised at the deadline. So does an attempt that
+wraps the cut in an error of its own (`except BaseException as e: raise RuntimeError
+from e`). The healthy path pays nothing for that: the `setitimer` that cancels the
+timer tells whether it fired.
 """
 
 from __future__ import annotations
@@ -131,12 +134,17 @@ def _must_wait(frame: FrameType | None) -> bool:
 def _on_its_way_out(owner: list[float]) -> bool:
     """Whether the timeout of `owner` is being handled (an `except` or `finally` it is
     passing through), directly or under an exception the cleanup there handles itself
-    (its `__context__`): that cleanup is not cut again."""
+    (its `__context__`): that cleanup is not cut again. Nor is a generator's cleanup
+    while it is being closed (`GeneratorExit` handled)."""
     flying = sys.exception()
     for _ in range(64):  # a context chain is short; bounded all the same
         if flying is None:
             return False
         if isinstance(flying, _AlarmFired) and flying.owner is owner:
+            return True
+        if isinstance(flying, GeneratorExit):
+            # A generator being closed (dropped while suspended: a finaliser, where
+            # Python would drop the exception): its `finally` runs to the end first.
             return True
         flying = flying.__context__
     return False
@@ -189,7 +197,7 @@ class _Alarm:
             self.disabled = False
         return True
 
-    def run(
+    def run(  # noqa: PLR0912 - one frame on purpose: the healthy path's cost
         self,
         step: AttemptTimeout,
         limit: float,
@@ -231,6 +239,12 @@ class _Alarm:
             if exc.owner is level:
                 raise step.error(limit) from None
             raise  # not one of ours (it cannot be): as it came
+        except Exception as exc:
+            # Raised after its deadline (where the timer could not land, or wrapping
+            # the cut in an error of its own): the timeout, the error as its cause.
+            if _monotonic() >= level[0]:
+                raise step.error(limit) from exc
+            raise
         finally:
             stack.clear()
             old = _setitimer(_REAL, 0) if before[0] == 0.0 else _setitimer(_REAL, *before)
@@ -284,6 +298,10 @@ class _Alarm:
             if exc.owner is level:
                 raise step.error(limit) from None
             raise  # an outer attempt's deadline: its own frame turns it into its error
+        except Exception as exc:
+            if time.monotonic() >= level[0]:  # raised after its deadline: as in `run`
+                raise step.error(limit) from exc
+            raise
         finally:
             if stack and stack[-1] is level:
                 stack.pop()
