@@ -914,3 +914,148 @@ def test_the_raw_timeout_pickles_as_the_context_of_the_timeout() -> None:
 
     raw = pickle.loads(pickle.dumps(alarm._AlarmFired([1.0])))
     assert isinstance(raw, alarm._AlarmFired)
+
+
+# --- review 6: asyncio, dropped generators, nested default-mode calls, late errors ------
+
+
+def test_review6_asyncio_run_inside_an_attempt_never_hangs() -> None:
+    # A cut inside asyncio's own code lost a task's wake-up: asyncio.run's cleanup then
+    # waited forever (faulthandler ends the script with an error instead).
+    out = run("""
+        import asyncio, faulthandler, sys, time
+        from opero import opero, AttemptTimeoutError
+        faulthandler.dump_traceback_later(60, exit=True)
+
+        async def coro():
+            for _ in range(50):
+                await asyncio.sleep(0)
+
+        @opero(cache=False, timeout=0.002, retries=0, timeout_mode="interrupt")
+        def loop():
+            while True:
+                asyncio.run(coro())
+
+        timed_out = 0
+        for _ in range(300):
+            try:
+                loop()
+            except AttemptTimeoutError:
+                timed_out += 1
+        print(timed_out)
+    """)
+    assert out == "300"
+
+
+def test_review6_a_dropped_generators_cleanup_is_not_cut() -> None:
+    # Its `finally` runs as a finaliser: a timeout raised there was dropped by Python.
+    done = script(
+        """
+        import sys, time
+        from opero import opero, AttemptTimeoutError
+        from opero._timeouts import alarm
+
+        started = finished = 0
+
+        def spin(seconds):
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                pass
+
+        def gen():
+            global started, finished
+            try:
+                yield 1
+            finally:
+                started += 1
+                spin(0.001)
+                finished += 1
+
+        @opero(cache=False, timeout=0.01, retries=0, timeout_mode="interrupt")
+        def work():
+            while True:
+                it = gen()
+                next(it)
+                del it
+                spin(0.0002)
+
+        for _ in range(5):
+            try:
+                work()
+            except AttemptTimeoutError:
+                pass
+        print(started - finished)
+    """,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "0"
+    assert "Exception ignored" not in done.stderr
+
+
+NESTED_ABANDON = """
+import time
+from opero import opero, AttemptTimeoutError
+
+@opero(cache=False, timeout=3.0, retries=0)  # the default mode
+def inner():
+    time.sleep(10)
+
+@opero(cache=False, timeout=0.05, retries=0, timeout_mode="interrupt")
+def outer():
+    return inner()
+
+start = time.monotonic()
+try:
+    outer()
+except AttemptTimeoutError as exc:
+    print("outer" in str(exc), round(time.monotonic() - start, 1))
+"""
+
+
+def test_review6_a_nested_default_mode_call_keeps_the_outer_deadline() -> None:
+    # It was handed off, and the outer attempt waited for the inner's whole timeout.
+    assert run(NESTED_ABANDON) == "True 0.1"
+
+
+def test_review6_an_attempt_raising_after_its_deadline_times_out() -> None:
+    # A nested untimed call retried past the deadline (waited out), then raised its own
+    # error: that error came out instead of the timeout.
+    out = run("""
+        import time
+        from opero import opero, AttemptTimeoutError
+
+        @opero(cache=False, retries=2, min_delay=0.15, max_delay=0.15, jitter=False)
+        def untimed():
+            raise ConnectionError("down")
+
+        @opero(cache=False, timeout=0.05, retries=0, timeout_mode="interrupt")
+        def outer():
+            return untimed()
+
+        try:
+            outer()
+        except AttemptTimeoutError as exc:
+            print(type(exc.__cause__).__name__)
+    """)
+    assert out == "ConnectionError"
+
+
+def test_review6_wrapping_the_cut_in_an_error_still_times_out() -> None:
+    out = run("""
+        import time
+        from opero import opero, AttemptTimeoutError
+
+        @opero(cache=False, timeout=0.05, retries=0, timeout_mode="interrupt")
+        def wraps():
+            try:
+                time.sleep(1)
+            except BaseException as exc:
+                raise RuntimeError("wrapped") from exc
+
+        try:
+            wraps()
+        except AttemptTimeoutError as exc:
+            print(type(exc.__cause__).__name__)
+    """)
+    assert out == "RuntimeError"
