@@ -7,6 +7,10 @@ cost on every healthy call. Contenders:
 - ``opero policies``: plus circuit breaker, bulkhead, `retry_if_result` and retry budget;
 - ``opero +timeouts``: plus `timeout` and `total_timeout` (a sync attempt then runs on a
   helper thread; an async one under opero's per-loop deadline watch);
+- ``opero timeout (abandon)`` / ``opero timeout (interrupt)``: `@opero(cache=False,
+  retries=3, timeout=5)` in each `timeout_mode`: a sync attempt handed to a helper thread
+  (the default), or run in place under a SIGALRM timer (this, the main thread); what
+  `timeout=` alone costs over ``opero retry``. Async attempts ignore the mode;
 - ``opero total_timeout``: `@opero(cache=False, retries=3, total_timeout=10)`, against
   ``stamina timeout`` (`stamina.retry(..., attempts=4, timeout=10)`) and ``tenacity
   stop_after_delay`` (`stop_after_attempt(4) | stop_after_delay(10)`): a deadline over
@@ -44,7 +48,7 @@ from opero import CircuitBreakerOptions, opero
 # Peers of `total_timeout` alone: their overhead is compared with that line.
 DEADLINE_PEERS = {"stamina timeout", "tenacity stop_after_delay"}
 # Calls per round: thread hand-offs are ~100x slower than the rest, so fewer of them.
-SLOW = {"opero +timeouts", "pyresilience +timeouts"}
+SLOW = {"opero +timeouts", "opero timeout (abandon)", "pyresilience +timeouts"}
 
 
 def policies() -> dict[str, Any]:
@@ -86,6 +90,10 @@ def contenders(fn: Callable[..., Any], *, is_async: bool) -> dict[str, Callable[
         "bare": fn,
         "opero retry": opero(cache=False, retries=3)(fn),
         "opero total_timeout": opero(cache=False, retries=3, total_timeout=10)(fn),
+        "opero timeout (abandon)": opero(cache=False, retries=3, timeout=5)(fn),
+        "opero timeout (interrupt)": opero(
+            cache=False, retries=3, timeout=5, timeout_mode="interrupt"
+        )(fn),
         "stamina timeout": stamina.retry(on=Exception, attempts=4, timeout=10)(fn),
         "tenacity stop_after_delay": deadline_retry(fn),
         "opero policies": opero(**policies())(fn),
@@ -130,7 +138,7 @@ def report(kind: str, samples: dict[str, list[float]]) -> list[str]:
     lines = [
         f"{kind}: median per call; overhead over the bare call; peer overhead / opero's "
         "(same policies)",
-        f"  {'contender':<24} {'per call':>10} {'overhead':>10} {'peer/opero':>11}",
+        f"  {'contender':<26} {'per call':>10} {'overhead':>10} {'peer/opero':>11}",
     ]
     for name, values in samples.items():
         ours = "opero +timeouts" if "timeouts" in name else "opero policies"
@@ -140,7 +148,7 @@ def report(kind: str, samples: dict[str, list[float]]) -> list[str]:
         if not name.startswith(("opero", "bare")):
             ratio = f"{overhead[name] / max(overhead[ours], 1e-9):10.1f}x"
         per_call = statistics.median(values) * 1e6
-        lines.append(f"  {name:<24} {per_call:8.3f}us {overhead[name] * 1e6:8.3f}us {ratio:>11}")
+        lines.append(f"  {name:<26} {per_call:8.3f}us {overhead[name] * 1e6:8.3f}us {ratio:>11}")
     return lines
 
 
@@ -152,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rounds, calls = (3, 1000) if args.quick else (args.rounds, args.calls)
     print(f"Python {sys.version.split()[0]}; {rounds} interleaved rounds x {calls} calls")
-    print("(x 1/50 for the +timeouts lines)")
+    print(f"(x 1/50 for the {', '.join(sorted(SLOW))} lines)")
     samples = measure(rounds, calls)
     for kind in ("sync", "async"):
         print("\n".join(report(kind, samples[kind])))

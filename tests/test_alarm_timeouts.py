@@ -1,4 +1,6 @@
-"""Sync attempt timeouts: SIGALRM only in @opmap workers, and never into opero's code.
+"""Sync attempt timeouts in the default mode (`timeout_mode="abandon"`): SIGALRM only in
+@opmap workers (whatever the mode), and never into opero's code. The main thread's
+`timeout_mode="interrupt"` is tested in test_interrupt_timeouts.py.
 
 Each subprocess test runs in a fresh interpreter: pytest-timeout holds SIGALRM in this
 one (its signal method), which would hide what the main thread of a script does.
@@ -13,13 +15,10 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from types import FrameType
-from typing import Any
 
 import pytest
 
 from opero import AttemptTimeoutError, opmap
-from opero._timeouts import alarm
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="no SIGALRM on Windows")
 
@@ -66,31 +65,6 @@ def test_a_scripts_main_thread_keeps_its_sigalrm_and_timers() -> None:
     assert out.splitlines() == ["timed out", "timed out", "True True", "True"]
 
 
-def frame_in(filename: str) -> FrameType:
-    """A frame whose code claims to live in `filename`."""
-    namespace: dict[str, Any] = {"sys": sys}
-    exec(compile("def here():\n    return sys._getframe()\n", filename, "exec"), namespace)
-    frame: FrameType = namespace["here"]()
-    return frame
-
-
-def test_the_handler_never_raises_inside_opero_code(monkeypatch: pytest.MonkeyPatch) -> None:
-    rearmed: list[float] = []
-    monkeypatch.setattr(alarm.signal, "setitimer", lambda which, seconds: rearmed.append(seconds))
-    timer = alarm._Alarm()
-    timer.armed = True
-    inside = frame_in(os.path.join(alarm._OPERO_DIR, "_cache", "step.py"))
-    timer.fire(inside)  # a nested opero call's cache step: not there
-    assert timer.armed
-    assert rearmed == [alarm._RETRY_IN]
-    outside = frame_in(os.path.join(os.sep, "app", "user_code.py"))
-    with pytest.raises(alarm._AlarmFired):
-        timer.fire(outside)  # the user's own code: the timeout lands
-    assert not timer.armed
-    timer.fire(outside)  # disarmed: a late signal does nothing
-    assert rearmed == [alarm._RETRY_IN]
-
-
 NESTED = """
 import sys, threading
 from opero import opero, opmap
@@ -111,7 +85,7 @@ def timed(seed):
 
 def item(n):
     if UNGUARDED:  # what the handler did before: raise wherever it lands
-        alarm._inside_opero = lambda frame, boundary: False
+        alarm._must_wait = lambda frame: False
     for i in range(1000):
         try:
             timed(n * 10_000 + i)

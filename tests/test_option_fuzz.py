@@ -74,6 +74,7 @@ OPTIONS: dict[str, st.SearchStrategy[Any]] = {
     "rate_limit_backpressure": st.one_of(st.booleans(), NUMBERS),
     "timeout": mostly(DURATIONS),
     "total_timeout": mostly(DURATIONS),
+    "timeout_mode": st.sampled_from(["abandon", "interrupt", "interrupt", "kill", 1, None]),
     "circuit_breaker": st.sampled_from([None, True, False, 1, CircuitBreakerOptions()]),
     "max_concurrency": mostly(COUNTS),
     "max_concurrency_wait": mostly(st.one_of(st.just(0), DURATIONS)),

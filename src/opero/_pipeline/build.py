@@ -247,7 +247,7 @@ def _attempt_steps(
     if options.timeout is not None or total is not None:
         from opero._timeouts.attempt import AttemptTimeout
 
-        steps.append(AttemptTimeout(options.timeout, total, name))
+        steps.append(AttemptTimeout(options.timeout, total, name, options.timeout_mode))
     if options.rate_limit is not None:
         # Every real attempt (retries, fallback values) takes a token.
         extras["rate_limit"] = build_rate_limit_step(func, options)

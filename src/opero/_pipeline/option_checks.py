@@ -241,6 +241,16 @@ def _non_negative_or_none(where: str, value: object) -> None:
         _non_negative(where, value)
 
 
+TIMEOUT_MODES = ("abandon", "interrupt")
+
+
+def _timeout_mode(where: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{where} must be 'abandon' or 'interrupt', got {value!r}")
+    if value not in TIMEOUT_MODES:
+        raise ValueError(f"{where} must be 'abandon' or 'interrupt', got {value!r}")
+
+
 def _on_event(where: str, value: object) -> None:
     if value is None or callable(value):
         return
@@ -275,6 +285,7 @@ CHECKS: dict[str, Callable[[str, Any], None]] = {
     "rate_limit_backpressure": _bool,
     "timeout": _positive_or_none,
     "total_timeout": _positive_or_none,
+    "timeout_mode": _timeout_mode,
     "circuit_breaker": _circuit_breaker,
     "max_concurrency": _int_at_least_or_none(1),
     "max_concurrency_wait": _non_negative_or_none,

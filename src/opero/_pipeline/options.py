@@ -7,7 +7,7 @@ an option by name again.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypedDict
 
 from opero._cache.step import CacheBackend
 from opero._pipeline.option_checks import CHECKS, MAX_SECONDS, check_cache_namespace
@@ -45,6 +45,7 @@ class OperoKwargs(TypedDict, total=False):
     rate_limit_backpressure: bool
     timeout: float | None
     total_timeout: float | None
+    timeout_mode: Literal["abandon", "interrupt"]
     circuit_breaker: bool | CircuitBreakerOptions | None
     max_concurrency: int | None
     max_concurrency_wait: float | None
@@ -84,6 +85,9 @@ class OperoOptions(NamedTuple):
     rate_limit_backpressure: bool = True
     timeout: float | None = None
     total_timeout: float | None = None
+    # How a sync attempt is cut at its timeout: "abandon" (hand it to a helper thread,
+    # left running) or "interrupt" (run it in place, raise inside it where SIGALRM can).
+    timeout_mode: Literal["abandon", "interrupt"] = "abandon"
     # After build_options: a CircuitBreakerOptions, or None for no breaker.
     circuit_breaker: bool | CircuitBreakerOptions | None = None
     max_concurrency: int | None = None
@@ -130,6 +134,11 @@ def build_options(
     if options.rate_limit_backend == "redis" and options.rate_limit is None:
         raise ValueError(
             f"{decorator}(): rate_limit_backend='redis' needs a rate_limit (attempts per second)"
+        )
+    if "timeout_mode" in given and options.timeout is None and options.total_timeout is None:
+        raise ValueError(
+            f"{decorator}(): timeout_mode ({options.timeout_mode!r}) says how a timed-out "
+            "attempt is cut: it needs timeout or total_timeout"
         )
     if options.max_concurrency_wait is not None and options.max_concurrency is None:
         raise ValueError(

@@ -1,6 +1,8 @@
 """The attempt timeout step (`timeout=`, and each attempt cut at the call's deadline):
 async attempts by cancelling their task from one watch per event loop; sync ones on a
-helper thread (`threads`) or under SIGALRM in @opmap workers (`alarm`)."""
+helper thread (`threads`, `timeout_mode="abandon"`, the default), or in the caller's
+thread under SIGALRM (`alarm`) with `timeout_mode="interrupt"` where it can (the main
+thread, SIGALRM free) and always in @opmap workers."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from opero.exceptions import AttemptTimeoutError, DeadlineExceededError
 if TYPE_CHECKING:
     import asyncio
 
-from opero._timeouts.alarm import _alarm
+from opero._timeouts.alarm import _alarm, _HandOff
 from opero._timeouts.threads import _runner
 
 if TYPE_CHECKING:
@@ -27,12 +29,33 @@ if TYPE_CHECKING:
 class AttemptTimeout:
     """Cuts one attempt off at `timeout` seconds, or earlier at the call's deadline."""
 
-    __slots__ = ("name", "seconds", "total")
+    __slots__ = ("handed_off", "interrupt", "name", "seconds", "total")
 
-    def __init__(self, seconds: float | None, total: TotalTimeout | None, name: str) -> None:
+    def __init__(
+        self,
+        seconds: float | None,
+        total: TotalTimeout | None,
+        name: str,
+        mode: str = "abandon",
+    ) -> None:
         self.seconds = seconds
         self.total = total
         self.name = name
+        self.interrupt = mode == "interrupt"  # no effect on async attempts
+        self.handed_off: set[str] = set()  # why `interrupt` fell back, as logged
+
+    def fell_back(self, why: _HandOff) -> None:
+        """`timeout_mode="interrupt"` could not run the attempt in place: say so once
+        per reason (never the arguments)."""
+        if why.reason not in self.handed_off:
+            self.handed_off.add(why.reason)
+            from opero._utils.logging import log
+
+            log().debug(
+                "{}(): timeout_mode='interrupt' hands attempts to a helper thread while {}",
+                self.name,
+                why.reason,
+            )
 
     def limit(self) -> float | None:
         """Seconds this attempt may take, or None for no limit."""
@@ -98,14 +121,25 @@ class AttemptTimeout:
         if self.seconds is None:
             return self._deadline_only_sync(func)
 
+        seconds, total, limit_now = self.seconds, self.total, self.limit
+        run_in_place, interrupt, role = _alarm.run, self.interrupt, process_role
+        stack = _alarm.stack  # non-empty: an interrupt-mode attempt is running (main thread)
+
         def attempt(*args: Any, **kwargs: Any) -> Any:
-            limit = self.limit()
+            limit = seconds if total is None else limit_now()
             if limit is None:
                 return func(*args, **kwargs)
             if limit <= 0:
                 raise self.error(limit)
-            if _alarm.usable():
-                return _alarm.run(self, limit, func, args, kwargs)
+            # In place where it can (`alarm`). Inside an interrupt-mode attempt, whatever
+            # its own mode: on the shared timer the earliest deadline cuts (a hand-off
+            # would make the outer attempt wait for this one's whole timeout).
+            if interrupt or role.POOL_WORKER or stack:
+                result = run_in_place(self, limit, func, args, kwargs)
+                if result.__class__ is not _HandOff:
+                    return result
+                if interrupt:
+                    self.fell_back(result)
             # This frame, for current_attempt() on the helper thread: the attempt's
             # number is where this frame is in the caller's stack.
             return _runner.run(self, limit, func, args, kwargs, sys._getframe())
@@ -115,10 +149,12 @@ class AttemptTimeout:
     def _deadline_only_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
         """`total_timeout` without `timeout` on a sync function: the attempt runs in the
         caller's thread (no hand-off: ~70 us a call), starts only before the deadline,
-        and is cut at it only where a timer signal can (an @opmap worker process)."""
+        and is cut at it only where a timer signal can (`timeout_mode="interrupt"` on
+        the main thread while SIGALRM is free, an @opmap worker process)."""
         total = self.total
         assert total is not None
         var, monotonic, alarm, role = total.var, time.monotonic, _alarm, process_role
+        interrupt, stack = self.interrupt, alarm.stack
 
         def attempt(*args: Any, **kwargs: Any) -> Any:
             holder = var.get()  # set by `TotalTimeout.wrap_sync` (this is a sync pipeline)
@@ -127,8 +163,11 @@ class AttemptTimeout:
                 left = deadline - monotonic()
                 if left <= 0:
                     raise total.error(None)
-                if role.POOL_WORKER and alarm.usable():
-                    return alarm.run(self, left, func, args, kwargs)
+                if interrupt or role.POOL_WORKER or stack:
+                    result = alarm.run(self, left, func, args, kwargs)
+                    if result.__class__ is not _HandOff:
+                        return result
+                    # Not cut where no signal can: it runs on, as without the mode.
             return func(*args, **kwargs)
 
         return attempt
