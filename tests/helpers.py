@@ -37,15 +37,23 @@ def run_threads(target: Callable[[int], None], count: int, switch_interval: floa
         sys.setswitchinterval(interval)
 
 
-def run_python(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run `code` in a fresh interpreter (the test's own), capturing its output."""
+def run_python(code: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run `code` in a fresh interpreter (the test's own), `argv` as its arguments,
+    capturing its output."""
     return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
+        [sys.executable, "-c", textwrap.dedent(code), *argv],
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
     )
+
+
+def output_of(code: str, *argv: str, timeout: float = 90) -> str:
+    """What `code` prints in a fresh interpreter, which must exit cleanly."""
+    done = run_python(code, *argv, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip()
 
 
 def start_session(code: str, *, stderr: int = subprocess.PIPE) -> subprocess.Popen[str]:

@@ -11,28 +11,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from helpers import output_of
 from opero import AttemptTimeoutError, opmap
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="no SIGALRM on Windows")
 
 
-def run(code: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout.strip()
+run = output_of
 
 
 def test_a_scripts_main_thread_keeps_its_sigalrm_and_timers() -> None:

@@ -13,33 +13,19 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
-import textwrap
 from types import FrameType
 from typing import Any
 
 import pytest
 
+from helpers import output_of, run_python
 from opero._timeouts import alarm, frames
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="no SIGALRM on Windows")
 
 
-def script(code: str, *flags: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code), *flags],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def run(code: str, *flags: str) -> str:
-    done = script(code, *flags)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout.strip()
+script, run = run_python, output_of
 
 
 # --- the review's three bugs -------------------------------------------------------------
