@@ -146,6 +146,40 @@ def test_a_worker_that_dies_fails_only_its_item(client: Any) -> None:
     assert "KilledWorker" in str(results[2])
 
 
+def test_an_item_that_shared_a_worker_with_a_killer_is_not_failed_with_it() -> None:
+    # One worker with one thread holds two tasks (one running, one queued), and with
+    # allowed-failures=0 the first death fails both. Resent together they would share
+    # the worker again; resent one at a time, only the killer fails.
+    import dask
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        cluster = distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0"
+        )
+        try:
+            with distributed.Client(cluster) as one:
+
+                def maybe_die(x: int) -> int:
+                    if x == 2:
+                        os._exit(3)
+                    time.sleep(0.05)  # the next task is queued on the worker by then
+                    return x
+
+                mapped = opmap(
+                    mode="dask",
+                    client=one,
+                    chunksize=1,
+                    retries=0,
+                    return_exceptions=True,
+                    progress=False,
+                )(maybe_die)
+                results = mapped(range(6))
+        finally:
+            cluster.close()
+    assert [results[i] for i in (0, 1, 3, 4, 5)] == [0, 1, 3, 4, 5]
+    assert isinstance(results[2], WorkerCrashedError)
+
+
 def test_a_local_cluster_is_started_and_closed_for_the_call() -> None:
     mapped = opmap(mode="dask", workers=2, cache=False, progress=False)(lambda x: x + 1)
     assert mapped(range(50)) == list(range(1, 51))

@@ -10,8 +10,9 @@ process builds the pipeline once and keeps it for the map's later chunks. Except
 come back as in process mode (`RemoteError` when they cannot be unpickled). Dask
 reschedules the task of a worker that died; a task that kills workers repeatedly fails
 (Ray does the same with its task retries), and so may a task that only shared those
-workers: the Dispatcher then sends each of its items once more on its own
-(`resends_crashed`), and an item whose task fails again gets `WorkerCrashedError`.
+workers: the Dispatcher then sends each of its items once more on its own, one at a
+time with nothing else in flight (`resends_crashed`), and an item whose task fails
+again gets `WorkerCrashedError`.
 `distributed` and `ray` are imported only here, and only for the mode in use.
 """
 
@@ -67,7 +68,7 @@ class _ClusterEngine:
 
     target = 0.05  # seconds per task: a task costs about a millisecond to schedule
     engine = ""  # "Dask" or "Ray", for messages
-    resends_crashed = True  # a failed task's items go once more, each alone (Dispatcher)
+    resends_crashed = True  # a failed task's items go once more, one at a time (Dispatcher)
 
     def __init__(self, payload: bytes) -> None:
         self.payload = payload

@@ -195,7 +195,8 @@ class Dispatcher:
             if isinstance(answer, WorkerCrashedError) and self.resend and not chunk.resent:
                 # A cluster fails every task that was on workers that died (Dask: 4
                 # deaths while it ran), the innocent ones too: each item goes once more
-                # on its own, and only the one that kills workers again fails.
+                # on its own, alone on the cluster (`_isolating`), and only the one that
+                # kills workers again fails.
                 self._split(chunk, resent=True)
                 continue
             yield from self._settle(chunk, self._outcome(chunk, answer))
@@ -203,6 +204,8 @@ class Dispatcher:
     def _fill(self) -> Iterator[Batch]:
         """Submit chunks until the queue is full; yields cache hits met on the way."""
         while len(self.inflight) < self.limit and (self.redo or not self.exhausted):
+            if self.resend and self._isolating():
+                return
             if not self.redo and self.inflight and self._too_far_ahead():
                 return
             if self.redo:
@@ -224,6 +227,18 @@ class Dispatcher:
             self.number += 1
             if self.on_submit is not None:
                 self.on_submit(chunk.indices)
+
+    def _isolating(self) -> bool:
+        """Whether a resent chunk runs, or waits to run, alone on the cluster.
+
+        A cluster counts a worker's death against every task on that worker, queued
+        ones too (Dask assigns a worker with one thread two tasks). A resent item that
+        shared a worker with the one that kills it would be failed with it again, so
+        each resent item waits until nothing else is in flight, and runs alone."""
+        inflight, redo = self.inflight, self.redo
+        if any(chunk.resent for chunk in inflight.values()):
+            return True
+        return bool(inflight) and bool(redo) and redo[0].resent
 
     def _unsendable(self, chunk: _Chunk, error: UnsendableError) -> Iterator[Batch]:
         """Items that could not be pickled: a chunk goes again item by item, and an item
