@@ -48,6 +48,26 @@ def test_a_frame_only_dill_can_pickle_travels_with_dill() -> None:
     assert loaded[2][1]() == 7
 
 
+def test_frames_are_read_with_the_c_unpickler_and_dill_for_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    base = 7
+    read = []
+    dill_loads = framing._DILL.loads
+    monkeypatch.setattr(framing._DILL, "loads", lambda data: read.append(1) or dill_loads(data))
+    frame = (3, 0, (True, b"results"))
+    assert framing.loads(framing.dumps(frame)) == frame
+    # What dill pickled reads with the C unpickler too (dill's helpers are importable).
+    assert framing.loads(framing.dumps((3, 0, (True, lambda: base))))[2][1]() == 7
+    assert read == []
+    # A name only dill's unpickler resolves (its old module name): dill reads it.
+    import dill
+
+    only_dill = b"(I1\ncdill.dill\n_is_builtin_module\np0\ntp1\n."
+    assert framing.loads(only_dill) == (1, dill._dill._is_builtin_module)
+    assert read == [1]
+
+
 def test_the_c_pickler_keeps_multiprocess_reducers() -> None:
     pickler = framing._Pickler(io.BytesIO())
     assert pickler.dispatch_table[mp_connection.Connection] is mp_connection.reduce_connection
@@ -71,10 +91,14 @@ def test_a_framed_queue_sends_and_receives_through_its_pipe() -> None:
         state = queue.__getstate__()
     finally:
         context.set_spawning_popen(None)
+    assert state[0] is queue._reader.connection
     assert state[1] is queue._writer.connection
     copy = framing.FramedQueue.__new__(framing.FramedQueue)
     copy.__setstate__(state)
+    assert copy._reader.connection is state[0]
     assert copy._writer.connection is state[1]
+    copy._reader.flag = True  # what `connection.wait` sets (Windows) lands on the pipe
+    assert state[0].flag is True
     copy.put((2, b"again"))
     assert queue.get() == (2, b"again")
     queue.close()
@@ -87,7 +111,10 @@ def test_a_framed_contexts_pool_frames_its_messages() -> None:
     try:
         assert isinstance(pool._inqueue, framing.FramedQueue)
         assert isinstance(pool._outqueue, framing.FramedQueue)
+        assert isinstance(pool._outqueue._reader, framing._FramedReader)  # its result thread's
         assert pool.apply_async(framed_queues, (0,)).get(timeout=30) >= 2
+        # The result thread reads with `loads`: a result only dill can pickle arrives.
+        assert pool.apply_async(call_it, (constant(5),)).get(timeout=30)() == 50
     finally:
         pool.terminate()
         pool.join()
