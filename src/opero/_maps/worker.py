@@ -22,7 +22,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 from opero._maps.start import WorkerStart
 from opero._observe.events import Event, forward_events
@@ -43,6 +43,9 @@ class Outcome:
     """
 
     __slots__ = ("elapsed", "events", "failures", "fatal", "results")
+    # What pickle would compute in Python (copyreg._slotnames) and store on the class,
+    # in each worker at its first answer: written here, no page is copied for it.
+    __slotnames__: ClassVar[list[str]] = list(__slots__)
 
     def __init__(
         self,
@@ -278,6 +281,13 @@ def _exit_with_parent() -> None:
     parent = module.parent_process()
     if parent is None:
         return
+    sentinel = parent.sentinel
+    if os.name == "posix" and isinstance(sentinel, int):
+        # A pipe's end that reads as ended when the parent is gone: one blocking read,
+        # in C. Waiting through `parent.join()` (selectors, a dummy thread) wrote ~20
+        # more copy-on-write pages in each worker, on its first chunk's path.
+        _thread.start_new_thread(_exit_at_end_of, (sentinel,))
+        return
 
     def watch() -> None:
         threading.current_thread().name = "opero-parent-watch"  # listed, as a dummy
@@ -287,6 +297,15 @@ def _exit_with_parent() -> None:
     # A bare thread: `threading.Thread.start` waits until the new thread runs, which
     # cost each worker 0.5-2 ms of its start while the pool's processes share the cores.
     _thread.start_new_thread(watch, ())
+
+
+def _exit_at_end_of(sentinel: int) -> None:
+    """Exit this worker once `sentinel` is readable: the parent died (or closed it)."""
+    try:
+        os.read(sentinel, 1)
+    except OSError:  # not a pipe we can watch: the parent's death goes unnoticed here
+        return
+    os._exit(3)
 
 
 def run_chunk_in_process(chunk_number: int, payload: bytes) -> bytes:
