@@ -13,8 +13,9 @@ takes as they are; only the frame around them paid dill's price.
 multiprocess's reducers, so a `Connection` still travels as one) and falls back to
 dill for anything it refuses, so a dill-only object in a frame still travels. Receiving
 goes the same way (`loads`): the C unpickler, and dill's for a frame it cannot read
-(dill's is a Python subclass: ~3.5-5 us a message against ~0.7-1.9 us). Only this pool's queues change; other users of multiprocess, in the parent or
-inside items, keep dill throughout.
+(dill's is a Python subclass: ~3.5-5 us a message against ~0.7-1.9 us). Only this
+pool's queues change; other users of multiprocess, in the parent or inside items, keep
+dill throughout.
 
 A worker whose item a timeout interrupted leaves right after sending that chunk's answer
 through its result queue (`FramedQueue.put`), so no later item runs in a process whose
