@@ -170,7 +170,6 @@ class Dispatcher:
         self.redo: deque[_Chunk] = deque()
         # Cluster engines fail a task as a whole when workers die under it.
         self.resend = bool(getattr(engine, "resends_crashed", False))
-        self.alone = 0  # resent chunks in flight (each runs alone: `_isolating`)
         self.number = 0
         # The map's item events: told which items each submitted chunk holds.
         self.on_submit: Callable[[Sequence[int]], None] | None = None
@@ -193,8 +192,6 @@ class Dispatcher:
             chunk = inflight.pop(number, None)
             if chunk is None:
                 continue
-            if chunk.resent:
-                self.alone -= 1
             if isinstance(answer, WorkerCrashedError) and self.resend and not chunk.resent:
                 # A cluster fails every task that was on workers that died (Dask: 4
                 # deaths while it ran), the innocent ones too: each item goes once more
@@ -227,8 +224,6 @@ class Dispatcher:
                 yield from self._unsendable(chunk, error)
                 continue
             self.inflight[self.number] = chunk
-            if chunk.resent:
-                self.alone += 1
             self.number += 1
             if self.on_submit is not None:
                 self.on_submit(chunk.indices)
@@ -239,11 +234,14 @@ class Dispatcher:
         A cluster counts a worker's death against every task on that worker, queued
         ones too (Dask assigns a worker with one thread two tasks). A resent item that
         shared a worker with the one that kills it would be failed with it again, so
-        each resent item waits until nothing else is in flight, and runs alone."""
-        if self.alone:
+        each resent item waits until nothing else is in flight, and runs alone: one in
+        flight is the only one."""
+        inflight, redo = self.inflight, self.redo
+        if not inflight:
+            return False
+        if redo and redo[0].resent:
             return True
-        redo = self.redo
-        return bool(self.inflight) and bool(redo) and redo[0].resent
+        return len(inflight) == 1 and next(iter(inflight.values())).resent
 
     def _unsendable(self, chunk: _Chunk, error: UnsendableError) -> Iterator[Batch]:
         """Items that could not be pickled: a chunk goes again item by item, and an item
@@ -363,8 +361,6 @@ class Dispatcher:
         results of the items before it died with the worker, so they run again)."""
         for number, error in self.engine.supervise(self.inflight):
             chunk = self.inflight.pop(number)
-            if chunk.resent:
-                self.alone -= 1
             if len(chunk.items) == 1:
                 yield from self._settle(chunk, Outcome([None], {0: error}, 0))
                 continue

@@ -76,16 +76,12 @@ def loads(data: Any) -> Any:
         return _DILL.loads(data)
 
 
-class _FramedReader:
-    """A pipe's reading end whose `recv` unpickles with `loads` (the pool's result
-    thread receives through `recv`); everything else is the connection's own, the
-    attributes that `connection.wait` sets on it too."""
+class _FramedEnd:
+    """One end of a pool's pipe: the connection's own but for how it pickles; the
+    attributes others set on it (`connection.wait` does, on Windows) land on the pipe."""
 
     def __init__(self, connection: Any) -> None:
         object.__setattr__(self, "connection", connection)
-
-    def recv(self) -> Any:
-        return loads(self.connection.recv_bytes())
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.connection, name)
@@ -94,18 +90,18 @@ class _FramedReader:
         setattr(self.connection, name, value)
 
 
-class _FramedWriter:
-    """A pipe's writing end whose `send` pickles with `dumps` (the pool's task thread
-    sends through `send`); everything else is the connection's own."""
+class _FramedReader(_FramedEnd):
+    """The reading end: `recv` (the pool's result thread's) unpickles with `loads`."""
 
-    def __init__(self, connection: Any) -> None:
-        self.connection = connection
+    def recv(self) -> Any:
+        return loads(self.connection.recv_bytes())
+
+
+class _FramedWriter(_FramedEnd):
+    """The writing end: `send` (the pool's task thread's) pickles with `dumps`."""
 
     def send(self, obj: Any) -> None:
         self.connection.send_bytes(dumps(obj))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.connection, name)
 
 
 class FramedQueue(SimpleQueue):  # type: ignore[misc]
